@@ -1,0 +1,36 @@
+"""selfsup: self-supervised learning on images, from pretext tasks to CLIP, in one library.
+
+Public API (imports are lazy: ``import selfsup`` loads nothing heavy and has no side effects)::
+
+    selfsup.METHODS            # name -> method class
+    selfsup.create_backbone(name, in_chans=3, img_size=32)
+    selfsup.load_dataset("fashion-mnist")
+    selfsup.train("simclr", data="fashion-mnist", out="runs/simclr", epochs=5)
+    selfsup.evaluate(["knn", "linear"], checkpoint="runs/simclr")
+    selfsup.load_backbone("runs/simclr")   # plain nn.Module with its normalisation
+"""
+__version__ = "0.1.0"
+
+__all__ = ["METHODS", "BACKBONES", "create_backbone", "load_backbone", "train", "evaluate", "load_dataset", "SelfSupError"]
+
+
+def __getattr__(name):
+    if name == "METHODS":
+        from .methods import METHODS
+        return METHODS
+    if name in ("BACKBONES", "create_backbone"):
+        from . import models
+        return getattr(models, name)
+    if name == "train":
+        from .engine.train import train
+        return train
+    if name in ("evaluate", "load_backbone"):
+        from .eval import evaluate as ev
+        return getattr(ev, name)
+    if name == "load_dataset":
+        from .data.datasets import load_dataset
+        return load_dataset
+    if name == "SelfSupError":
+        from .errors import SelfSupError
+        return SelfSupError
+    raise AttributeError(f"module 'selfsup' has no attribute {name!r}")

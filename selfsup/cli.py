@@ -1,0 +1,176 @@
+"""The command line: ``selfsup train | eval | data | demo``.
+
+``main(argv)`` takes an argument list (tests call it directly) and returns an exit status.
+Every user error is one line on stderr (``selfsup: error: ...``) and status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import SelfSupError
+
+log = logging.getLogger("selfsup")
+
+# flags that map onto TrainConfig fields (dest -> field)
+TRAIN_FLAGS = ("backbone", "epochs", "batch_size", "lr", "device", "seed", "data_dir", "download", "strict",
+               "time_limit")
+
+
+def _positive_float(text: str) -> float:
+    return float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+    from .models import BACKBONES
+
+    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised learning on images.")
+    p.add_argument("--version", action="version", version=f"selfsup {__import__('selfsup').__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="pretrain a backbone with a method", description=(
+        "Pretrain a backbone. Method settings (temperature, ...) and any other TrainConfig field "
+        "(optimizer, weight_decay, warmup_epochs, grad_clip, checkpoint_every_steps, ...) are set with "
+        "--set key=value or a JSON/YAML --config file."))
+    t.add_argument("method", help=f"one of: {', '.join(METHODS)}")
+    t.add_argument("--data", default=None, help="dataset name (fashion-mnist, shapes, photos; options as name:key=value,...) or an image folder")
+    t.add_argument("--backbone", default=None, help=f"one of: {', '.join(BACKBONES)} (default: the method's)")
+    t.add_argument("--epochs", type=float, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="per process")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help="stop after this many minutes of training (the schedule follows time)")
+    t.add_argument("--out", default=None, help="run folder (default: runs/METHOD-DATA-TIME)")
+    t.add_argument("--config", default=None, help="JSON or YAML file of settings")
+    t.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--data-dir", default=None, help="where dataset files are (also $SELFSUP_DATA)")
+    t.add_argument("--download", action="store_true", default=None, help="download the dataset if it is not found")
+    t.add_argument("--strict", action="store_true", default=None, help="fail on the first unreadable image instead of skipping it")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a method or training setting")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a backbone or a baseline with a probe")
+    e.add_argument("protocol", choices=["knn", "linear"])
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="run folder (or its backbone.safetensors)")
+    src.add_argument("--baseline", choices=["random", "pixels"], help="a randomly initialised backbone or the raw pixels")
+    e.add_argument("--backbone", default=None, help="architecture of the random baseline")
+    e.add_argument("--data", default=None, help="labelled dataset (default: the run's training data)")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--label-fraction", type=float, default=1.0, help="stratified fraction of train labels used, in (0, 1]")
+    e.add_argument("--k", type=int, default=200, help="kNN neighbours")
+    e.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
+    e.add_argument("--layer", type=int, default=None, help="features from this stage/block (1-based) instead of the last")
+    e.add_argument("--pool", choices=["cls", "mean"], default=None, help="ViT pooling")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--on", choices=["test", "val"], default="test",
+                   help="score on the test split, or on a held-out part of train (for choosing settings)")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/eval/PROTOCOL.json)")
+
+    d = sub.add_parser("data", help="list datasets or describe one")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dsub.add_parser("list", help="built-in datasets")
+    di = dsub.add_parser("info", help="splits, sizes, classes of a dataset")
+    di.add_argument("data")
+    di.add_argument("--data-dir", default=None)
+    di.add_argument("--download", action="store_true")
+
+    m = sub.add_parser("demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes, then compare with the baselines")
+    m.add_argument("--minutes", type=float, default=10.0, help="training time")
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--data", default="fashion-mnist")
+    return p
+
+
+def _train(args) -> int:
+    from .config import parse_set, read_config_file
+    from .engine.train import train
+
+    overrides = read_config_file(args.config) if args.config else {}
+    overrides.update(parse_set(args.set))
+    for flag in TRAIN_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[flag] = value
+    if args.data is not None:
+        overrides["data"] = args.data
+    elif not args.resume and "data" not in overrides:
+        raise SelfSupError("--data is required (e.g. --data fashion-mnist)")
+    out = args.out
+    if out is None:
+        if args.resume:
+            raise SelfSupError("--resume needs --out RUN_DIR")
+        name = Path(str(overrides["data"]).split(":")[0]).name
+        out = f"runs/{args.method}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(args.method, out=out, resume=args.resume, overwrite=args.overwrite,
+                   progress=not args.no_progress, **overrides)
+    print(f"trained {result.config.method} for {result.steps} steps: loss {result.last_loss:.4f}, "
+          f"{result.images_per_s:.0f} images/s; run folder {out}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .eval.evaluate import evaluate
+
+    res = evaluate([args.protocol], checkpoint=args.checkpoint, data=args.data, baseline=args.baseline,
+                   backbone=args.backbone, label_fraction=args.label_fraction, seed=args.seed, k=args.k,
+                   temperature=args.temperature, layer=args.layer, pool=args.pool, device=args.device,
+                   data_dir=args.data_dir, out=args.out, on=args.on)[args.protocol]
+    who = res.get("checkpoint") or f"{res['baseline']} baseline"
+    print(f"{args.protocol} accuracy {res['accuracy']:.4f} ({who}, {res['data']}, "
+          f"{res['n_train']} train / {res['n_test']} test, label fraction {res['label_fraction']:g})")
+    if "written_to" in res:
+        print(f"written to {res['written_to']}")
+    return 0
+
+
+def _data(args) -> int:
+    from .data.datasets import DATASETS, load_dataset
+
+    if args.data_command == "list":
+        load_dataset.__globals__  # noqa: B018 - the registry fills on first use
+        from .data import fashion_mnist, folder, photos, shapes  # noqa: F401
+        for name in sorted(DATASETS):
+            print(name)
+        print("(or a path: a folder of images; class sub-folders give labels, train/ and test/ give splits)")
+        return 0
+    ds = load_dataset(args.data, data_dir=args.data_dir, download=args.download)
+    info = {"name": ds.name, "fingerprint": ds.fingerprint, **ds.info}
+    for split in ("train", "test"):
+        s = getattr(ds, split)
+        if s is not None:
+            info[split] = {"images": len(s), "channels": s.channels, "size": list(s.image_size),
+                           "labelled": s.labels is not None, "captions": s.captions is not None}
+    first = ds.train
+    if first.classes:
+        info["classes"] = first.classes
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(minutes=args.minutes, out=args.out, data=args.data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="selfsup: %(message)s", stream=sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _train, "eval": _eval, "data": _data, "demo": _demo}[args.command](args)
+    except SelfSupError as e:
+        print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("selfsup: interrupted (a run continues from its last checkpoint with --resume)", file=sys.stderr)
+        return 130

@@ -1,0 +1,146 @@
+"""Typed configs. ``TrainConfig`` holds what the engine needs; each method has its own ``Config``
+dataclass. Overrides (``--set key=value``, a JSON/YAML file) are checked against the dataclass:
+an unknown key or a value of the wrong type is a one-line error naming it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import SelfSupError
+
+
+@dataclass
+class TrainConfig:
+    method: str = "simclr"
+    data: str = "fashion-mnist"             # dataset name (with :key=value options) or a folder
+    data_dir: str = ""                      # where to look for dataset files ($SELFSUP_DATA otherwise)
+    download: bool = False                  # allow downloading the dataset
+    backbone: str = "resnet18_quarter"
+    epochs: float = 10.0                    # may be fractional
+    batch_size: int = 256                   # per process
+    optimizer: str = "adamw"                # adamw | sgd | lars
+    lr: float = 1e-3                        # peak learning rate (not scaled by batch size)
+    weight_decay: float = 1e-4              # not applied to biases and norm weights
+    momentum: float = 0.9                   # sgd / lars
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0               # cosine floor, as a fraction of lr
+    grad_clip: float = 0.0                  # max gradient norm; 0 = off
+    time_limit: float = 0.0                 # minutes of training; 0 = off (the schedule then follows time)
+    seed: int = 0
+    device: str = "auto"                    # auto | cpu | cuda
+    amp: bool = True                        # bf16 autocast on CUDA (never on CPU)
+    channels_last: bool = True              # on CUDA
+    sync_bn: bool = False                   # SyncBatchNorm under torchrun
+    subset: int = 0                         # train on the first N images of a seeded permutation; 0 = all
+    checkpoint_every_steps: int = 0         # 0 = only per epoch / minutes
+    checkpoint_every_minutes: float = 10.0
+    log_every: int = 50                     # steps between metrics.jsonl lines
+    num_workers: int = 0                    # DataLoader workers, for datasets that stream from disk
+    strict: bool = False                    # fail on the first unreadable image instead of skipping
+
+
+def _convert(value, typ, key: str):
+    """Parse a string (or JSON value) as the field's type, or raise naming the key."""
+    if isinstance(typ, str):
+        typ = eval(typ, vars(typing), {})  # annotations are strings under `from __future__ import annotations`
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ in (int, float, str):
+            if typ is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if typ is int and isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+                raise ValueError
+            return typ(value)
+        if origin is tuple:
+            items = value if isinstance(value, (list, tuple)) else str(value).strip("()[]").split(",")
+            args = typing.get_args(typ)
+            item_types = args if len(args) == len(items) else [args[0]] * len(items)
+            return tuple(_convert(v, t, key) for v, t in zip(items, item_types))
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise SelfSupError(f"--set {key}={value}: expected {getattr(typ, '__name__', typ)}")
+
+
+def field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def apply_overrides(cfg, overrides: dict, where: str = "config"):
+    """A copy of dataclass ``cfg`` with ``overrides`` applied (types checked, unknown keys refused)."""
+    types = field_types(type(cfg))
+    values = {}
+    for key, value in overrides.items():
+        if key not in types:
+            raise SelfSupError(f"unknown {where} key {key!r} (known: {', '.join(types)})")
+        values[key] = _convert(value, types[key], key)
+    return dataclasses.replace(cfg, **values)
+
+
+def split_overrides(overrides: dict, *config_classes) -> list[dict]:
+    """Route each key to the first dataclass that has it; a key none has is an error naming all keys."""
+    out = [{} for _ in config_classes]
+    for key, value in overrides.items():
+        for i, cls in enumerate(config_classes):
+            if key in field_types(cls):
+                out[i][key] = value
+                break
+        else:
+            known = sorted({k for cls in config_classes for k in field_types(cls)})
+            raise SelfSupError(f"unknown setting {key!r} (known: {', '.join(known)})")
+    return out
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["a=1", "b=x"]`` -> {"a": "1", "b": "x"}."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SelfSupError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_config_file(path: str) -> dict:
+    """A flat JSON or YAML mapping of settings (a nested ``method``/``train`` split is flattened)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SelfSupError(f"--config {path}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml  # optional: pip install pyyaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ImportError:
+        raise SelfSupError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON") from None
+    except Exception as e:  # noqa: BLE001 - any parse error becomes one line naming the file
+        raise SelfSupError(f"--config {path}: cannot parse ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SelfSupError(f"--config {path}: expected a mapping of settings")
+    flat = {}
+    for key, value in data.items():
+        if key in ("train", "method") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def to_dict(cfg) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}

@@ -1,0 +1,198 @@
+"""In-memory image sets and the dataset registry.
+
+Every dataset resolves to a :class:`DatasetSplits`: a ``train`` and (where known) a ``test``
+:class:`ImageSet`, each holding one uint8 tensor ``(N, C, H, W)`` plus labels, class names,
+captions and object masks where the source has them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import SelfSupError
+
+
+@dataclass
+class ImageSet(torch.utils.data.Dataset):
+    """A split held wholly in memory.
+
+    images:   (N, C, H, W) uint8
+    labels:   (N,) int64, or None for unlabeled data
+    classes:  class names indexed by label
+    captions: one string per image (image-text data)
+    masks:    (N, H, W) bool object masks (synthetic data)
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+    captions: list[str] | None = None
+    masks: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+        n = len(self.images)
+        for name in ("labels", "captions", "masks"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries for {n} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"images": self.images[i]}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        if self.captions is not None:
+            item["captions"] = self.captions[i]
+        return item
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        """A batch dict for the given indices, with one gather per field (no Python loop over images)."""
+        out = {"images": self.images[idx]}
+        if self.labels is not None:
+            out["labels"] = self.labels[idx]
+        if self.captions is not None:
+            out["captions"] = [self.captions[i] for i in idx.tolist()]
+        return out
+
+    def subset(self, idx: torch.Tensor) -> "ImageSet":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return replace(
+            self,
+            images=self.images[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()],
+            masks=None if self.masks is None else self.masks[idx],
+        )
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes is not None:
+            return len(self.classes)
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the pixels in [0, 1] (on at most 10k images)."""
+        x = self.images[:10000].float().div_(255)
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+@dataclass
+class DatasetSplits:
+    """A named dataset: its splits and a fingerprint of the content (for provenance and caches)."""
+
+    name: str
+    train: ImageSet
+    test: ImageSet | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for split in (self.train, self.test):
+            if split is not None:
+                h.update(str(tuple(split.images.shape)).encode())
+                h.update(split.images[:: max(1, len(split) // 256)].numpy().tobytes())
+                if split.labels is not None:
+                    h.update(split.labels.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def stratified_split(labels: torch.Tensor | None, n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``range(n)`` into (rest, held_out) with ``fraction`` held out, per class when labels exist."""
+    g = torch.Generator().manual_seed(seed)
+    if labels is None:
+        perm = torch.randperm(n, generator=g)
+        k = int(round(n * fraction))
+        return perm[k:].sort().values, perm[:k].sort().values
+    keep, held = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(len(idx) * fraction))
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def label_subset(split: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """A stratified, seeded ``fraction`` of a labelled split (at least one image per class)."""
+    if not 0.0 < fraction <= 1.0:
+        raise SelfSupError(f"--label-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return split
+    if split.labels is None:
+        raise SelfSupError("--label-fraction needs a labelled dataset")
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in split.labels.unique().tolist():
+        idx = (split.labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        chosen.append(idx[: max(1, int(round(len(idx) * fraction)))])
+    return split.subset(torch.cat(chosen).sort().values)
+
+
+# name -> loader(options: dict, data_dir, download, strict) -> DatasetSplits
+DATASETS: dict[str, Callable[..., DatasetSplits]] = {}
+
+
+def register_dataset(name: str):
+    def wrap(fn):
+        DATASETS[name] = fn
+        return fn
+    return wrap
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"shapes:n=2000,colors=free"`` -> ("shapes", {"n": "2000", "colors": "free"})."""
+    if ":" in spec and not Path(spec).exists():
+        name, _, opts = spec.partition(":")
+        options = {}
+        for part in filter(None, opts.split(",")):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise SelfSupError(f"dataset option {part!r} in {spec!r} is not key=value")
+            options[key.strip()] = value.strip()
+        return name, options
+    return spec, {}
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: $SELFSUP_CACHE, else ~/.cache/selfsup."""
+    root = os.environ.get("SELFSUP_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "selfsup")
+    return Path(root)
+
+
+def load_dataset(spec: str, data_dir: str | None = None, download: bool = False, strict: bool = False) -> DatasetSplits:
+    """Resolve a dataset name (``fashion-mnist``, ``shapes``, with ``:key=value`` options) or a path.
+
+    A path may be a folder of images (class sub-folders give labels, ``train/``/``test/`` give
+    splits). Unknown names and missing paths raise :class:`SelfSupError` naming them.
+    """
+    from . import fashion_mnist, folder, photos, shapes  # noqa: F401  (registers the built-in datasets)
+
+    name, options = parse_spec(spec)
+    if name in DATASETS:
+        return DATASETS[name](options=options, data_dir=data_dir, download=download, strict=strict)
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return folder.load_folder(path, options=options, strict=strict)
+        raise SelfSupError(f"--data {spec}: is a file; expected a folder of images or a dataset name ({', '.join(sorted(DATASETS))})")
+    raise SelfSupError(f"--data {spec}: no such dataset or path (known datasets: {', '.join(sorted(DATASETS))})")

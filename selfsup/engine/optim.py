@@ -1,0 +1,62 @@
+"""Optimisers: AdamW, SGD and LARS, with no weight decay on biases and normalisation weights."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import SelfSupError
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and a layer-wise trust ratio (You et al. 2017), as used by SimCLR/BYOL.
+
+    Parameter groups with ``lars_exclude=True`` (biases, norms) get plain SGD with momentum.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if not group["lars_exclude"]:
+                    if group["weight_decay"]:
+                        d = d.add(p, alpha=group["weight_decay"])
+                    p_norm, d_norm = torch.norm(p), torch.norm(d)
+                    trust = torch.where((p_norm > 0) & (d_norm > 0), group["eta"] * p_norm / d_norm, torch.ones_like(p_norm))
+                    d = d.mul(trust)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"].mul_(group["momentum"]).add_(d)
+                p.add_(mu, alpha=-group["lr"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights with decay; biases, norm weights and other 1-D parameters without."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay),
+            dict(params=no_decay, weight_decay=0.0, lars_exclude=True)]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
+    groups = param_groups(model, weight_decay)
+    if name == "adamw":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum)
+    raise SelfSupError(f"--set optimizer={name}: unknown optimizer (known: adamw, sgd, lars)")

@@ -1,0 +1,366 @@
+"""The one training loop. It knows optimisers, schedules, precision, checkpoints and DDP, and
+nothing about any method: a method is a module whose ``forward(batch)`` returns ``(loss, logs)``.
+
+Randomness is a pure function of (seed, step, rank): the data order of epoch e comes from a
+generator seeded with (seed, e), and the global RNG is reseeded before every step, so a run
+resumed from a checkpoint at step s continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import models
+from ..config import TrainConfig, apply_overrides, split_overrides, to_dict
+from ..data.datasets import DatasetSplits, ImageSet, load_dataset
+from ..errors import SelfSupError
+from ..methods import DataInfo, Method, get_method
+from . import dist, rundir
+from .checkpoint import load_checkpoint, save_backbone, save_checkpoint
+from .optim import build_optimizer
+from .schedule import warmup_cosine
+
+log = logging.getLogger("selfsup")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def resolve_config(method: str, overrides: dict | None = None) -> tuple[TrainConfig, object]:
+    """TrainConfig and method Config: global defaults < the method's small-image defaults < ``overrides``."""
+    cls = get_method(method)
+    train_over, method_over = split_overrides(dict(overrides or {}), TrainConfig, cls.Config)
+    cfg = apply_overrides(TrainConfig(method=method), cls.train_defaults, "train")
+    cfg = apply_overrides(cfg, train_over, "train")
+    validate(cfg)
+    return cfg, apply_overrides(cls.Config(), method_over, method)
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [("batch_size", cfg.batch_size > 0), ("epochs", cfg.epochs > 0), ("lr", cfg.lr > 0),
+              ("weight_decay", cfg.weight_decay >= 0), ("warmup_epochs", cfg.warmup_epochs >= 0),
+              ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0),
+              ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0)]
+    for name, ok in checks:
+        if not ok:
+            raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every') else 'non-negative'}, got {getattr(cfg, name)}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise SelfSupError(f"--device {cfg.device}: expected auto, cpu or cuda")
+    if cfg.backbone not in models.BACKBONES:
+        raise SelfSupError(f"--backbone {cfg.backbone}: unknown backbone (known: {', '.join(models.BACKBONES)})")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SelfSupError(f"--device {name}: CUDA is not available on this machine")
+    if name == "cuda":
+        return torch.device(f"cuda:{dist.local_rank()}")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- data sources
+
+def as_image_set(data, cfg: TrainConfig) -> ImageSet | torch.utils.data.Dataset:
+    """Accept a dataset spec, DatasetSplits, ImageSet, uint8 tensor (N, C, H, W) or any torch Dataset."""
+    if isinstance(data, str):
+        data = load_dataset(data, data_dir=cfg.data_dir or None, download=cfg.download, strict=cfg.strict)
+    if isinstance(data, DatasetSplits):
+        data = data.train
+    if isinstance(data, torch.Tensor):
+        if data.dtype != torch.uint8:
+            if not data.is_floating_point():
+                raise SelfSupError(f"image tensor must be uint8 or float in [0, 1], got {data.dtype}")
+            data = data.clamp(0, 1).mul(255).round().to(torch.uint8)
+        if data.dim() == 3:
+            data = data.unsqueeze(1)
+        data = ImageSet(data)
+    if isinstance(data, ImageSet) and cfg.subset and cfg.subset < len(data):
+        g = torch.Generator().manual_seed(cfg.seed)
+        data = data.subset(torch.randperm(len(data), generator=g)[: cfg.subset].sort().values)
+    if len(data) == 0:
+        raise SelfSupError("the training data holds no images")
+    return data
+
+
+def _collate(items: list) -> dict:
+    """Stack Dataset items (a tensor, an (image, label) pair or a dict with "images") into a batch dict."""
+    first = items[0]
+    if isinstance(first, dict):
+        out = {"images": torch.stack([it["images"] for it in items])}
+        if "labels" in first:
+            out["labels"] = torch.as_tensor([int(it["labels"]) for it in items])
+        if "captions" in first:
+            out["captions"] = [it["captions"] for it in items]
+        return out
+    if isinstance(first, (tuple, list)):
+        return {"images": torch.stack([it[0] for it in items]), "labels": torch.as_tensor([int(it[1]) for it in items])}
+    if isinstance(first, torch.Tensor):
+        return {"images": torch.stack(items)}
+    raise SelfSupError(f"dataset items must be uint8 image tensors, (image, label) pairs or dicts; got {type(first).__name__}")
+
+
+class BatchSource:
+    """Yields the batches of an epoch for this process, deterministically from (seed, epoch).
+
+    In-memory ImageSets are indexed directly (one gather per batch); other torch Datasets go
+    through a DataLoader over the same index order (``num_workers`` decode in parallel).
+    Each process takes its own interleaved slice of every global batch.
+    """
+
+    def __init__(self, data, batch_size: int, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0):
+        self.data, self.batch_size, self.seed, self.rank, self.world = data, batch_size, seed, rank, world
+        self.num_workers = num_workers
+        self.global_batch = batch_size * world
+        self.steps_per_epoch = len(data) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise SelfSupError(f"--batch-size {batch_size} x {world} process(es) is larger than the dataset ({len(data)} images)")
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.data), generator=g)
+
+    def indices(self, epoch: int, start: int = 0) -> list[torch.Tensor]:
+        perm = self.order(epoch)
+        out = []
+        for i in range(start, self.steps_per_epoch):
+            chunk = perm[i * self.global_batch:(i + 1) * self.global_batch]
+            out.append(chunk[self.rank::self.world])
+        return out
+
+    def epoch(self, epoch: int, start: int = 0):
+        idx = self.indices(epoch, start)
+        if isinstance(self.data, ImageSet):
+            for i in idx:
+                yield self.data.batch(i)
+        else:
+            loader = torch.utils.data.DataLoader(self.data, batch_sampler=[i.tolist() for i in idx],
+                                                 num_workers=self.num_workers, collate_fn=_collate)
+            yield from loader
+
+
+def data_info(data, num_classes: int = 0) -> DataInfo:
+    if isinstance(data, ImageSet):
+        mean, std = data.mean_std()
+        sample = data.images[0]
+        num_classes = num_classes or data.num_classes
+    else:
+        n = min(len(data), 512)
+        x = _collate([data[i] for i in range(n)])["images"].float() / 255
+        mean, std = x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+        sample = x[0]
+    if sample.shape[-1] != sample.shape[-2]:
+        raise SelfSupError(f"images must be square, got {tuple(sample.shape[-2:])}; resize them (folders: size=N)")
+    return DataInfo(channels=sample.shape[0], image_size=sample.shape[-1], mean=mean, std=std, num_classes=num_classes)
+
+
+# ----------------------------------------------------------------------------- building
+
+def build_method(cfg: TrainConfig, method_cfg, info: DataInfo) -> Method:
+    """The method around a freshly initialised backbone (initialisation seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    backbone = models.create_backbone(cfg.backbone, in_chans=info.channels, img_size=info.image_size)
+    return get_method(cfg.method)(backbone, method_cfg, info)
+
+
+def backbone_meta(cfg: TrainConfig, info: DataInfo) -> dict:
+    return {"backbone": cfg.backbone, "in_chans": info.channels, "img_size": info.image_size,
+            "mean": info.mean, "std": info.std, "method": cfg.method}
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 997 + rank
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _scalar(v) -> float:
+    return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    method: Method
+    config: TrainConfig
+    steps: int
+    last_loss: float
+    images_per_s: float
+
+
+def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | None, device: torch.device,
+        resume_state: dict | None = None, progress: bool = True, method_cfg=None) -> RunResult:
+    """Train ``method`` on ``source`` for ``cfg.epochs`` (or ``cfg.time_limit`` minutes)."""
+    rank, world = source.rank, source.world
+    main = rank == 0
+    method.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if world > 1 and cfg.sync_bn:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    model = method
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    spe = source.steps_per_epoch
+    total = max(1, math.ceil(cfg.epochs * spe))
+    warmup_steps = round(cfg.warmup_epochs * spe)
+    step, elapsed_before = 0, 0.0
+    if resume_state is not None:
+        method.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        step, elapsed_before = int(resume_state["step"]), float(resume_state.get("elapsed_s", 0.0))
+    config_dict = {**to_dict(cfg), "method_config": to_dict(method_cfg) if method_cfg is not None else {}}
+    ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
+    last_good = {"step": step if resume_state else None}
+
+    def checkpoint():
+        if ckpt_path is None or not main:
+            return
+        save_checkpoint({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                         "elapsed_s": elapsed_before + (time.time() - t0), "config": config_dict}, ckpt_path)
+        last_good["step"] = step
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
+                else contextlib.nullcontext())
+    metrics = open(run_dir / "metrics.jsonl", "a") if (run_dir and main) else None
+    bar = None
+    if progress and main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
+    t0 = time.time()
+    last_ckpt_time, window_t, window_steps, window_loss, window_logs = t0, t0, 0, 0.0, {}
+    last_loss, rate = float("nan"), 0.0
+    method.train()
+    try:
+        while step < total:
+            epoch = step // spe
+            for batch in source.epoch(epoch, step % spe):
+                now = time.time()
+                prog = step / total
+                if cfg.time_limit:
+                    prog = max(prog, (elapsed_before + now - t0) / (cfg.time_limit * 60))
+                for g in optimizer.param_groups:
+                    g["lr"] = warmup_cosine(step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio)
+                torch.manual_seed(_step_seed(cfg.seed, step, rank))
+                batch = _to_device(batch, device)
+                with autocast:
+                    loss, logs = model(batch)
+                if not torch.isfinite(loss):
+                    where = (f"the last good checkpoint is {ckpt_path} (step {last_good['step']})"
+                             if last_good["step"] is not None else "no checkpoint was written yet")
+                    raise SelfSupError(f"training diverged: loss is {float(loss.detach())} at step {step}; {where}. "
+                                       "Lower --lr or set grad_clip, then --resume or start again.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
+                optimizer.step()
+                method.after_step(step, total)
+                step += 1
+                window_steps += 1
+                window_loss += float(loss.detach())
+                for k, v in logs.items():
+                    window_logs[k] = window_logs.get(k, 0.0) + _scalar(v)
+                if step % cfg.log_every == 0 or step == total or step == 1:
+                    now = time.time()
+                    rate = window_steps * source.global_batch / max(now - window_t, 1e-9)
+                    last_loss = window_loss / window_steps
+                    row = {"step": step, "epoch": round(step / spe, 4), "loss": last_loss,
+                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": rate,
+                           "elapsed_s": elapsed_before + now - t0,
+                           **{k: v / window_steps for k, v in window_logs.items()}}
+                    if metrics:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
+                    if bar:
+                        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+                    window_t, window_steps, window_loss, window_logs = now, 0, 0.0, {}
+                if bar:
+                    bar.update(1)
+                due = (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or \
+                      (cfg.checkpoint_every_minutes and time.time() - last_ckpt_time > cfg.checkpoint_every_minutes * 60)
+                if due:
+                    checkpoint()
+                    last_ckpt_time = time.time()
+                if step >= total or (cfg.time_limit and elapsed_before + time.time() - t0 >= cfg.time_limit * 60):
+                    break
+            else:
+                checkpoint()  # end of a full epoch
+                last_ckpt_time = time.time()
+                continue
+            break
+    finally:
+        if bar:
+            bar.close()
+        if metrics:
+            metrics.close()
+    checkpoint()
+    return RunResult(run_dir, method, cfg, step, last_loss, rate)
+
+
+def train(method: str = "simclr", data=None, out: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, **overrides) -> RunResult:
+    """Pretrain ``method`` on ``data`` (a dataset spec, DatasetSplits, ImageSet, uint8 tensor or torch
+    Dataset) and write the run folder ``out`` (nothing is written when ``out`` is None).
+
+    ``overrides`` set TrainConfig fields (epochs, lr, backbone, ...) or the method's Config fields.
+    """
+    if resume:
+        if out is None:
+            raise SelfSupError("--resume needs the run folder (--out)")
+        saved = load_checkpoint(Path(out) / "checkpoint.pt")
+        saved_cfg = dict(saved["config"])
+        method_saved = saved_cfg.pop("method_config", {})
+        method = saved_cfg.pop("method")
+        merged = {**saved_cfg, **method_saved, **overrides}
+        cfg, method_cfg = resolve_config(method, merged)
+    else:
+        spec = data.name if isinstance(data, DatasetSplits) else data
+        spec = spec if isinstance(spec, str) else (f"<{type(data).__name__}>" if data is not None else None)
+        cfg, method_cfg = resolve_config(method, {**({"data": spec} if spec else {}), **overrides})
+        saved = None
+    if data is None or isinstance(data, str):
+        data = data or cfg.data
+        if data.startswith("<"):
+            raise SelfSupError(f"this run was trained on in-memory data ({data}); pass the same data again")
+    device = pick_device(cfg.device)
+    rank, world = dist.setup(device)
+    run_dir = None
+    if out is not None:
+        run_dir = Path(out)
+        if rank == 0:
+            rundir.prepare(run_dir, resume=resume, overwrite=overwrite)
+        dist.barrier()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    images = as_image_set(data, cfg)
+    info = data_info(images)
+    method_module = build_method(cfg, method_cfg, info)
+    if run_dir is not None and rank == 0 and not resume:
+        rundir.write_json(run_dir / "config.json", {**to_dict(cfg), "method_config": to_dict(method_cfg),
+                                                    "data_info": info.__dict__})
+        rundir.write_json(run_dir / "provenance.json", rundir.provenance(device, world, _fingerprint(images)))
+    source = BatchSource(images, cfg.batch_size, cfg.seed, rank, world, cfg.num_workers)
+    result = fit(method_module, source, cfg, run_dir, device, resume_state=saved, progress=progress, method_cfg=method_cfg)
+    if run_dir is not None and rank == 0:
+        save_backbone(method_module.backbone, backbone_meta(cfg, info), run_dir / "backbone.safetensors")
+    return result
+
+
+def _fingerprint(images) -> str | None:
+    if isinstance(images, ImageSet):
+        return DatasetSplits("data", images).fingerprint
+    return None

@@ -1,0 +1,163 @@
+"""The evaluation protocol, one code path for trained backbones and the baselines.
+
+A *subject* is what gets evaluated: a run folder's backbone, a randomly initialised backbone
+of the same architecture (``random``), or the raw pixels (``pixels``). Its frozen features of
+the labelled train split (optionally a stratified ``label_fraction`` of it) and of the test
+split feed the kNN and linear probes.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .. import models
+from ..data.datasets import DatasetSplits, label_subset, load_dataset, stratified_split
+from ..engine import rundir
+from ..engine.checkpoint import load_checkpoint, read_backbone
+from ..errors import SelfSupError
+from . import features as feat
+from .knn import knn_accuracy
+from .linear import linear_probe
+
+PROTOCOLS = ("knn", "linear")
+
+
+def load_backbone(run_dir: str | Path) -> models.Encoder:
+    """The pretrained backbone of a run folder as a plain module with its normalisation
+    (:class:`selfsup.models.Encoder`): takes uint8 or [0, 1] images, returns embeddings."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise SelfSupError(f"--checkpoint {run_dir}: no such run folder")
+    path = run_dir / "backbone.safetensors" if run_dir.is_dir() else run_dir
+    if path.suffix == ".safetensors" and path.is_file():
+        state, meta = read_backbone(path)
+    else:  # an interrupted run: take the backbone out of the training checkpoint
+        ckpt = load_checkpoint(run_dir)
+        cfg = ckpt["config"]
+        info = rundir_json(run_dir).get("data_info", {})
+        state = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
+        meta = {"backbone": cfg["backbone"], "in_chans": info.get("channels", 3), "img_size": info.get("image_size", 32),
+                "mean": info.get("mean", [0.5]), "std": info.get("std", [0.5]), "method": cfg["method"]}
+    if "backbone" not in meta:
+        raise SelfSupError(f"{path}: no selfsup metadata (backbone name, channels, normalisation)")
+    backbone = models.create_backbone(meta["backbone"], in_chans=meta["in_chans"], img_size=meta["img_size"])
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as e:
+        raise SelfSupError(f"{path}: weights do not fit backbone {meta['backbone']} ({str(e).splitlines()[0]})") from None
+    enc = models.Encoder(backbone, meta["mean"], meta["std"])
+    enc.meta = meta
+    return enc.eval()
+
+
+def rundir_json(run_dir: Path) -> dict:
+    import json
+    p = Path(run_dir) / "config.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def eval_splits(data: DatasetSplits, seed: int = 0, on: str = "test") -> tuple:
+    """(train, test) labelled splits.
+
+    A dataset without a test split gets a seeded stratified 20% split of train. With
+    ``on="val"`` the test split is not touched: a seeded stratified 1/6 of train is held out
+    and plays the test split's part, for choosing settings.
+    """
+    train, test = data.train, data.test
+    if train.labels is None:
+        raise SelfSupError(f"--data {data.name}: has no labels; kNN and linear evaluation need labelled data")
+    if on not in ("test", "val"):
+        raise SelfSupError(f"--on {on}: expected test or val")
+    if on == "val" or test is None or test.labels is None:
+        keep, held = stratified_split(train.labels, len(train), 1 / 6 if on == "val" else 0.2, seed)
+        train, test = train.subset(keep), train.subset(held)
+    return train, test
+
+
+def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, data: str | DatasetSplits | None = None,
+             baseline: str | None = None, backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0,
+             k: int = 200, temperature: float = 0.1, layer: int | None = None, pool: str | None = None,
+             device: str = "auto", data_dir: str | None = None, download: bool = False, out: str | Path | None = None,
+             batch_size: int = 512, on: str = "test") -> dict:
+    """Evaluate a run's backbone (``checkpoint``) or a ``baseline`` ("random" | "pixels") with each protocol.
+
+    Returns {protocol: result dict}; writes one JSON per protocol when ``out`` is given (a folder,
+    or a file when there is one protocol) or when evaluating a run folder (its ``eval/``).
+    """
+    protocols = [protocols] if isinstance(protocols, str) else list(protocols)
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise SelfSupError(f"unknown evaluation {p!r} (known: {', '.join(PROTOCOLS)})")
+    if (checkpoint is None) == (baseline is None):
+        raise SelfSupError("give either --checkpoint RUN_DIR or --baseline random|pixels")
+    if baseline not in (None, "random", "pixels"):
+        raise SelfSupError(f"--baseline {baseline}: expected random or pixels")
+    if k <= 0 or temperature <= 0:
+        raise SelfSupError(f"--k and --temperature must be positive, got {k}, {temperature}")
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise SelfSupError(f"--checkpoint {checkpoint}: no such run folder")
+    run_cfg = rundir_json(Path(checkpoint)) if checkpoint else {}
+    data = data or run_cfg.get("data")
+    if data is None:
+        raise SelfSupError("--data is needed (the run folder does not name its dataset)")
+    dataset = data if isinstance(data, DatasetSplits) else load_dataset(data, data_dir=data_dir or run_cfg.get("data_dir") or None,
+                                                                      download=download)
+    train, test = eval_splits(dataset, seed, on)
+    bank = label_subset(train, label_fraction, seed)
+    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    t0 = time.time()
+    if baseline == "pixels":
+        mean, std = train.mean_std()
+        fx = lambda images: feat.raw_pixels(images, mean, std)  # noqa: E731
+        subject = {"baseline": "pixels"}
+    else:
+        if baseline == "random":
+            name = backbone or models.DEFAULT_BACKBONE
+            torch.manual_seed(seed)
+            mean, std = train.mean_std()
+            encoder = models.Encoder(models.create_backbone(name, in_chans=train.channels, img_size=train.image_size[0]), mean, std)
+            subject = {"baseline": "random", "backbone": name, "init_seed": seed}
+        else:
+            encoder = load_backbone(checkpoint)
+            subject = {"checkpoint": str(checkpoint), "backbone": encoder.meta["backbone"], "method": encoder.meta.get("method")}
+            if encoder.meta["in_chans"] != train.channels:
+                raise SelfSupError(f"--data {dataset.name}: has {train.channels} channel(s) but the backbone was trained on {encoder.meta['in_chans']}")
+        fx = lambda images: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool)  # noqa: E731
+    bank_x, test_x = fx(bank.images), fx(test.images)
+    feat_s = time.time() - t0
+    common = {"data": dataset.name, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
+              "n_test": len(test), "feature_dim": bank_x.shape[1], "layer": layer, "pool": pool, **subject}
+    results = {}
+    for p in protocols:
+        t1 = time.time()
+        if p == "knn":
+            acc = knn_accuracy(bank_x, bank.labels, test_x, test.labels, k=k, temperature=temperature,
+                               num_classes=train.num_classes)
+            res = {"protocol": "knn", "accuracy": acc, "k": k, "temperature": temperature, "similarity": "cosine"}
+        else:
+            lin = linear_probe(bank_x, bank.labels, test_x, test.labels, num_classes=train.num_classes, seed=seed)
+            res = {"protocol": "linear", **lin, "standardised": True, "solver": "L-BFGS logistic regression"}
+        res.update(common)
+        res["seconds"] = round(feat_s + time.time() - t1, 2)
+        res["provenance"] = rundir.provenance(dev, 1, dataset.fingerprint)
+        results[p] = res
+    _write(results, out, checkpoint, label_fraction, layer)
+    return results
+
+
+def _write(results: dict, out, checkpoint, label_fraction: float, layer) -> None:
+    if out is None and checkpoint is None:
+        return
+    for p, res in results.items():
+        if out is not None and str(out).endswith(".json") and len(results) == 1:
+            path = Path(out)
+        else:
+            folder = Path(out) if out is not None else Path(checkpoint) / "eval"
+            suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("" if layer is None else f"_layer{layer}")
+            suffix += "_val" if results[p]["split"] == "val" else ""
+            path = folder / f"{p}{suffix}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(path, res)
+        res["written_to"] = str(path)

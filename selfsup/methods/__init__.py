@@ -1,0 +1,16 @@
+"""The method registry: one line per method. Tests, ``selfsup bench`` and the README table loop over it."""
+from __future__ import annotations
+
+from ..errors import SelfSupError
+from .base import DataInfo, Method
+from .simclr import SimCLR
+
+METHODS: dict[str, type[Method]] = {
+    "simclr": SimCLR,
+}
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise SelfSupError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+    return METHODS[name]

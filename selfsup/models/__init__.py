@@ -1,0 +1,64 @@
+"""Backbone registry: ``BACKBONES[name](in_chans=..., img_size=...)`` -> module with ``embed_dim``,
+``forward_features(x)`` (feature map or tokens) and ``forward(x)`` (pooled embedding)."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import SelfSupError
+from .resnet import ResNet
+from .vit import ViT
+
+
+def _resnet(layers, width, block="basic", in_chans=3, img_size=None, **kw):
+    return ResNet(layers, width=width, in_chans=in_chans, block=block, **kw)
+
+
+def _vit(embed_dim, depth, heads, in_chans=3, img_size=32, patch_size=4, **kw):
+    return ViT(embed_dim, depth, heads, patch_size=patch_size, img_size=img_size, in_chans=in_chans, **kw)
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": partial(_resnet, (2, 2, 2, 2), 64),
+    "resnet18_quarter": partial(_resnet, (2, 2, 2, 2), 16),  # the CPU default: 1/4 width, ~0.7M parameters
+    "resnet34": partial(_resnet, (3, 4, 6, 3), 64),
+    "resnet50": partial(_resnet, (3, 4, 6, 3), 64, "bottleneck"),
+    "vit_micro": partial(_vit, 128, 6, 4),   # ~1.2M parameters: trains on two CPU cores
+    "vit_tiny": partial(_vit, 192, 12, 3),
+    "vit_small": partial(_vit, 384, 12, 6),
+}
+
+DEFAULT_BACKBONE = "resnet18_quarter"
+
+
+def create_backbone(name: str, in_chans: int = 3, img_size: int = 32, **kw) -> nn.Module:
+    """Build a registered backbone for ``in_chans``-channel images of side ``img_size``."""
+    if name not in BACKBONES:
+        raise SelfSupError(f"--backbone {name}: unknown backbone (known: {', '.join(BACKBONES)})")
+    return BACKBONES[name](in_chans=in_chans, img_size=img_size, **kw)
+
+
+class Encoder(nn.Module):
+    """A backbone with its input normalisation: takes uint8 or [0, 1] float images (B, C, H, W)
+    and returns the pooled embedding (B, D). What ``selfsup.load_backbone`` gives back."""
+
+    def __init__(self, backbone: nn.Module, mean, std):
+        super().__init__()
+        self.backbone = backbone
+        self.embed_dim = backbone.embed_dim
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return (x - self.mean) / self.std
+
+    def forward_features(self, x: torch.Tensor, stage: int | None = None) -> torch.Tensor:
+        return self.backbone.forward_features(self.normalize(x), stage=stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))

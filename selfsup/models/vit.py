@@ -1,0 +1,46 @@
+"""Vision Transformers for small images, built from timm's ``VisionTransformer``.
+
+Patch size 4 by default, so a 28 or 32 px image gives 49 or 64 tokens plus a CLS token.
+``dynamic_img_size`` lets the same weights take crops of other sizes (multi-crop), with the
+position embeddings interpolated by timm.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.models.vision_transformer import VisionTransformer
+
+
+class ViT(nn.Module):
+    """``forward_features`` gives the normed tokens (B, 1 + L, D), CLS first; ``forward`` the
+    pooled embedding (B, D): the CLS token, or the mean of the patch tokens with ``pool="mean"``."""
+
+    def __init__(self, embed_dim: int, depth: int, num_heads: int, patch_size: int = 4, img_size: int = 32,
+                 in_chans: int = 3, pool: str = "cls", drop_path_rate: float = 0.0):
+        super().__init__()
+        self.vit = VisionTransformer(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, embed_dim=embed_dim,
+            depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token",
+            dynamic_img_size=True, drop_path_rate=drop_path_rate,
+        )
+        self.embed_dim = embed_dim
+        self.patch_size = patch_size
+        self.num_stages = depth
+        self.pool_mode = pool
+
+    def forward_features(self, x: torch.Tensor, stage: int | None = None) -> torch.Tensor:
+        """Tokens after block ``stage`` (1-based; default all blocks, then the final norm): (B, 1 + L, D)."""
+        if stage is None or stage >= len(self.vit.blocks):
+            return self.vit.forward_features(x)
+        v = self.vit
+        x = v.norm_pre(v._pos_embed(v.patch_embed(x)))
+        for blk in v.blocks[:stage]:
+            x = blk(x)
+        return x
+
+    def pool(self, tokens: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        mode = mode or self.pool_mode
+        return tokens[:, 1:].mean(dim=1) if mode == "mean" else tokens[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x))

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session caches decoded datasets in its own folder, never in the user's."""
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """Real Fashion-MNIST when it is installed (CI installs the Debian package), else skip."""
+    from selfsup.data.fashion_mnist import locate
+    if locate() is None:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    from selfsup.data.datasets import load_dataset
+    return load_dataset("fashion-mnist")
+
+
+def tiny_images(n=64, channels=1, size=16, seed=0):
+    """Random but structured uint8 images (N, C, H, W): blobs at random places, for quick training tests."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    cy, cx = torch.randint(3, size - 3, (2, n, 1, 1), generator=g)
+    r = torch.randint(2, 5, (n, 1, 1), generator=g)
+    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2).float()
+    img = blob.unsqueeze(1).repeat(1, channels, 1, 1) * torch.rand(n, channels, 1, 1, generator=g)
+    img = img + 0.1 * torch.rand(n, channels, size, size, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)

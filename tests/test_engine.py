@@ -1,0 +1,136 @@
+"""The training loop: honest resume, checkpoints, the NaN guard, the run folder rules."""
+import json
+
+import pytest
+import torch
+
+import selfsup
+from selfsup.engine.checkpoint import load_checkpoint, save_checkpoint
+from selfsup.errors import SelfSupError
+from selfsup.methods.simclr import SimCLR
+
+from conftest import tiny_images
+
+SETTINGS = dict(epochs=2, batch_size=16, lr=1e-3, checkpoint_every_steps=1, progress=False, warmup_epochs=0.5)
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir)["model"]
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def images():
+    return tiny_images(64, 1, 16)
+
+
+def test_resume_runs_only_remaining_steps_and_matches_uninterrupted(tmp_path, images, monkeypatch):
+    full = selfsup.train("simclr", data=images, out=tmp_path / "full", **SETTINGS)
+    assert full.steps == 8  # 64 images / 16 = 4 steps per epoch, 2 epochs
+
+    original = SimCLR.after_step
+
+    def crash_after_five(self, step, total):
+        original(self, step, total)
+        if step == 4:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(SimCLR, "after_step", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        selfsup.train("simclr", data=images, out=tmp_path / "cut", **SETTINGS)
+    monkeypatch.setattr(SimCLR, "after_step", original)
+    assert load_checkpoint(tmp_path / "cut")["step"] == 4
+
+    calls = []
+    forward = SimCLR.forward
+    monkeypatch.setattr(SimCLR, "forward", lambda self, batch: calls.append(1) or forward(self, batch))
+    resumed = selfsup.train("simclr", data=images, out=tmp_path / "cut", resume=True, progress=False)
+    assert len(calls) == 4 and resumed.steps == 8
+    assert _same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
+
+
+def test_perturbed_checkpoint_changes_the_result(tmp_path, images):
+    selfsup.train("simclr", data=images, out=tmp_path / "full", **SETTINGS)
+    selfsup.train("simclr", data=images, out=tmp_path / "half", **{**SETTINGS, "epochs": 1})
+    state = load_checkpoint(tmp_path / "half")
+    key = next(k for k in state["model"] if k.endswith("weight") and state["model"][k].dim() == 4)
+    state["model"][key] = state["model"][key] + 0.01
+    state["config"]["epochs"] = 2.0
+    save_checkpoint(state, tmp_path / "half" / "checkpoint.pt")
+    selfsup.train("simclr", data=images, out=tmp_path / "half", resume=True, progress=False, epochs=2)
+    assert not _same(_weights(tmp_path / "full"), _weights(tmp_path / "half"))
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, images):
+    s = {**SETTINGS, "epochs": 1}
+    selfsup.train("simclr", data=images, out=tmp_path / "a", seed=1, **s)
+    selfsup.train("simclr", data=images, out=tmp_path / "b", seed=1, **s)
+    selfsup.train("simclr", data=images, out=tmp_path / "c", seed=2, **s)
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    assert not _same(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
+
+
+def test_run_folder_contents(tmp_path, images):
+    run = tmp_path / "run"
+    selfsup.train("simclr", data=images, out=run, **{**SETTINGS, "epochs": 1})
+    for name in ("config.json", "provenance.json", "metrics.jsonl", "checkpoint.pt", "backbone.safetensors"):
+        assert (run / name).is_file(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"] == "simclr" and cfg["batch_size"] == 16 and cfg["method_config"]["temperature"] > 0
+    assert cfg["lr"] == 1e-3 and "optimizer" in cfg  # every default written out
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["torch"] == torch.__version__ and prov["data_fingerprint"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and all(r["images_per_s"] > 0 for r in rows)
+    encoder = selfsup.load_backbone(run)
+    x = images[:4]
+    ref = SimCLR  # the exported backbone gives the same embedding as the trained one
+    state = load_checkpoint(run)["model"]
+    assert torch.allclose(encoder.backbone.stages[0][0].conv1.weight, state["backbone.stages.0.0.conv1.weight"])
+    assert encoder(x).shape == (4, encoder.embed_dim)
+
+
+def test_existing_run_is_refused_and_overwrite_keeps_foreign_files(tmp_path, images):
+    run = tmp_path / "run"
+    s = {**SETTINGS, "epochs": 1}
+    selfsup.train("simclr", data=images, out=run, **s)
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(SelfSupError, match="already exists"):
+        selfsup.train("simclr", data=images, out=run, **s)
+    selfsup.train("simclr", data=images, out=run, overwrite=True, **s)
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_nan_guard_names_step_and_checkpoint(tmp_path, images, monkeypatch):
+    forward = SimCLR.forward
+
+    def poisoned(self, batch):
+        loss, logs = forward(self, batch)
+        return (loss * float("nan") if self._steps_seen >= 5 else loss), logs
+    monkeypatch.setattr(SimCLR, "_steps_seen", 0, raising=False)
+    monkeypatch.setattr(SimCLR, "after_step", lambda self, step, total: setattr(self, "_steps_seen", step + 1))
+    monkeypatch.setattr(SimCLR, "forward", poisoned)
+    with pytest.raises(SelfSupError, match=r"loss is nan at step 5; the last good checkpoint is .*checkpoint.pt \(step 5\)"):
+        selfsup.train("simclr", data=images, out=tmp_path / "run", **SETTINGS)
+
+
+def test_bad_settings_are_one_line_errors(images):
+    for bad, pattern in [({"batch_size": 0}, "--batch-size must be positive"), ({"epochs": -1}, "--epochs must be positive"),
+                         ({"lr": 0}, "--lr must be positive"), ({"temperature": "hot"}, "temperature=hot: expected float"),
+                         ({"no_such_key": 1}, "unknown setting 'no_such_key'"), ({"backbone": "vgg"}, "unknown backbone"),
+                         ({"optimizer": "adam2"}, "unknown optimizer")]:
+        with pytest.raises(SelfSupError, match=pattern):
+            selfsup.train("simclr", data=images, **{**SETTINGS, **bad})
+    with pytest.raises(SelfSupError, match="unknown method 'nope'"):
+        selfsup.train("nope", data=images)
+    with pytest.raises(SelfSupError, match="larger than the dataset"):
+        selfsup.train("simclr", data=images, **{**SETTINGS, "batch_size": 128})
+
+
+def test_trains_from_any_torch_dataset(tmp_path):
+    imgs = tiny_images(32, 3, 16)
+    ds = torch.utils.data.TensorDataset(imgs, torch.zeros(32, dtype=torch.long))
+    res = selfsup.train("simclr", data=ds, out=tmp_path / "r", epochs=1, batch_size=8, progress=False)
+    assert res.steps == 4 and res.last_loss == res.last_loss

@@ -1,0 +1,107 @@
+"""Evaluation: kNN against a naive vote, the linear probe, frozen features, label fractions, baselines."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.data.datasets import DatasetSplits, ImageSet, label_subset
+from selfsup.errors import SelfSupError
+from selfsup.eval.evaluate import evaluate
+from selfsup.eval.features import extract
+from selfsup.eval.knn import knn_predict
+from selfsup.eval.linear import linear_probe
+from selfsup.models import Encoder, create_backbone
+
+from conftest import tiny_images
+
+
+def naive_knn(bank, labels, q, k, t, c):
+    out = []
+    for x in q:
+        sims = [float(torch.nn.functional.cosine_similarity(x, b, dim=0)) for b in bank]
+        top = sorted(range(len(bank)), key=lambda i: -sims[i])[:k]
+        votes = [0.0] * c
+        for i in top:
+            votes[int(labels[i])] += math.exp(sims[i] / t)
+        out.append(max(range(c), key=lambda j: votes[j]))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("k,t", [(1, 0.1), (5, 0.07), (20, 0.5)])
+def test_knn_matches_naive_weighted_vote(k, t):
+    g = torch.Generator().manual_seed(k)
+    bank, q = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(15, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    assert torch.equal(knn_predict(bank, labels, q, k, t, 4, chunk=4), naive_knn(bank, labels, q, k, t, 4))
+
+
+def test_linear_probe_separates_linearly_separable_data_and_picks_wd_on_val():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 10, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    res = linear_probe(x[:500], y[:500], x[500:], y[500:])
+    assert res["accuracy"] > 0.95
+    assert res["weight_decay"] in res["val_accuracy"]
+    # labels independent of x: the probe cannot beat chance by much
+    y_rand = torch.randint(0, 2, (600,), generator=g)
+    assert linear_probe(x[:500], y_rand[:500], x[500:], y_rand[500:])["accuracy"] < 0.65
+
+
+def test_features_are_frozen_in_eval_mode():
+    """Batch-norm running statistics must not move during feature extraction (lightly#1440)."""
+    enc = Encoder(create_backbone("resnet18_quarter", in_chans=1, img_size=16), [0.5], [0.25])
+    enc.train()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    f1 = extract(enc, tiny_images(20, 1, 16), batch_size=7)
+    f2 = extract(enc, tiny_images(20, 1, 16), batch_size=20)
+    assert enc.training  # mode restored
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
+    assert torch.allclose(f1, f2, atol=1e-5)  # batch composition does not matter in eval mode
+
+
+def test_label_subset_is_stratified_and_seeded():
+    labels = torch.arange(1000) % 10
+    s = ImageSet(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), labels)
+    sub = label_subset(s, 0.01, seed=3)
+    assert len(sub) == 10 and sorted(sub.labels.tolist()) == list(range(10))
+    assert torch.equal(label_subset(s, 0.1, 3).labels, label_subset(s, 0.1, 3).labels)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(SelfSupError, match="label-fraction"):
+            label_subset(s, bad, 0)
+
+
+def _toy_splits():
+    imgs = tiny_images(200, 1, 16, seed=1)
+    labels = (imgs.float().mean(dim=(1, 2, 3)) > imgs.float().mean()).long()  # brightness classes
+    return DatasetSplits("toy", ImageSet(imgs[:150], labels[:150]), ImageSet(imgs[150:], labels[150:]))
+
+
+def test_baselines_run_through_the_same_code_and_record_settings(tmp_path):
+    data = _toy_splits()
+    pix = evaluate(["knn", "linear"], baseline="pixels", data=data, k=10, out=tmp_path)
+    rnd = evaluate(["knn"], baseline="random", backbone="resnet18_quarter", data=data, k=10, label_fraction=0.5)
+    assert pix["knn"]["accuracy"] > 0.6 and pix["linear"]["accuracy"] > 0.6
+    assert pix["knn"]["k"] == 10 and pix["knn"]["temperature"] == 0.1 and pix["knn"]["baseline"] == "pixels"
+    assert abs(rnd["knn"]["n_train"] - 75) <= 1 and rnd["knn"]["backbone"] == "resnet18_quarter"
+    assert (tmp_path / "knn.json").is_file() and (tmp_path / "linear.json").is_file()
+    assert "provenance" in pix["knn"] and pix["knn"]["feature_dim"] == 256
+
+
+def test_validation_split_never_touches_test():
+    data = _toy_splits()
+    res = evaluate("knn", baseline="pixels", data=data, k=5, on="val")["knn"]
+    assert res["n_test"] == 25 and res["n_train"] == 125 and res["split"] == "val"
+
+
+def test_evaluate_errors_are_one_line():
+    data = _toy_splits()
+    with pytest.raises(SelfSupError, match="either --checkpoint"):
+        evaluate("knn", data=data)
+    with pytest.raises(SelfSupError, match="no such run folder"):
+        evaluate("knn", checkpoint="/nonexistent/run", data=data)
+    with pytest.raises(SelfSupError, match="unknown evaluation"):
+        evaluate("svm", baseline="pixels", data=data)
+    unlabeled = DatasetSplits("u", ImageSet(tiny_images(10, 1, 8)))
+    with pytest.raises(SelfSupError, match="has no labels"):
+        evaluate("knn", baseline="pixels", data=unlabeled)

@@ -1,0 +1,56 @@
+"""Loops over the method registry: a registered method is a tested method."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.engine.train import build_method, resolve_config
+from selfsup.methods import METHODS
+from selfsup.methods.base import DataInfo
+
+from conftest import tiny_images
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_one_training_step_through_the_registry(name, channels):
+    cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
+    info = DataInfo(channels=channels, image_size=16, mean=[0.5] * channels, std=[0.25] * channels, num_classes=2)
+    method = build_method(cfg, mcfg, info)
+    images = tiny_images(16, channels, 16)
+    batch = {"images": images, "labels": torch.arange(16) % 2} if method.uses_labels else {"images": images}
+    params = [p for p in method.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=0.1)
+    loss, logs = method(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    method.after_step(0, 10)
+    assert any(not torch.equal(a, b) for a, b in zip(before, params)), "no parameter moved"
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in logs.values())
+    assert method.backbone is not None and hasattr(method.backbone, "embed_dim")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_methods_never_read_labels_unless_marked(name):
+    cls = METHODS[name]
+    if cls.uses_labels:
+        return
+    cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
+    method = build_method(cfg, mcfg, DataInfo(1, 16, [0.5], [0.25]))
+
+    class NoLabels(dict):
+        def __getitem__(self, key):
+            assert key != "labels", f"{name} read the labels"
+            return super().__getitem__(key)
+    loss, _ = method(NoLabels(images=tiny_images(8, 1, 16)))
+    assert torch.isfinite(loss)
+
+
+def test_readme_method_table_matches_the_registry():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- methods -->")[1].split("<!-- /methods -->")[0]
+    names = re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M)
+    assert names == list(METHODS)
