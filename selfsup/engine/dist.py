@@ -19,6 +19,10 @@ def setup(device: torch.device) -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    if device.type == "cpu":
+        # processes on one machine share its cores; oversubscribed OpenMP threads spin and crawl
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -209,6 +209,8 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
     if device.type == "cuda" and cfg.channels_last:
         method.to(memory_format=torch.channels_last)
     if world > 1 and cfg.sync_bn:
+        if device.type != "cuda":
+            raise SelfSupError("--set sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     model = method
     if world > 1:

@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.engine.optim import LARS, build_optimizer, param_groups
+from selfsup.engine.schedule import cosine_to_one, warmup_cosine
+from selfsup.errors import SelfSupError
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    decay, no_decay = param_groups(m, 0.1)
+    assert {p.shape for p in decay["params"]} == {torch.Size([4, 4]), torch.Size([2, 4])}
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lars"])
+def test_each_optimizer_minimises_a_least_squares_problem(name):
+    torch.manual_seed(0)
+    x, w_true = torch.randn(256, 8), torch.randn(8, 1)
+    y = x @ w_true
+    model = nn.Linear(8, 1, bias=False)
+    opt = build_optimizer(model, name, lr={"adamw": 0.05, "sgd": 0.05, "lars": 20.0}[name], weight_decay=0.0)
+    first = None
+    for _ in range(200):
+        loss = (model(x) - y).pow(2).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first
+
+
+def test_lars_trust_ratio_scales_the_step_by_weight_norm():
+    p = nn.Parameter(torch.full((10,), 2.0))
+    opt = LARS([p], lr=1.0, momentum=0.0, eta=0.001)
+    p.grad = torch.full((10,), 100.0)
+    opt.step()
+    # step = lr * eta * |p| / |g| * g: independent of the gradient's scale
+    assert torch.allclose(p.detach(), torch.full((10,), 2.0 - 0.001 * 2.0))
+
+
+def test_unknown_optimizer():
+    with pytest.raises(SelfSupError, match="unknown optimizer"):
+        build_optimizer(nn.Linear(2, 2), "adam9", 0.1, 0.0)
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 10, 0.0, 1.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 0.1, 1.0) == pytest.approx(0.5 * (1 + math.cos(0.1 * math.pi)))
+    assert warmup_cosine(50, 10, 0.5, 1.0, final=0.2) == pytest.approx(0.6)
+    assert warmup_cosine(100, 10, 1.0, 1.0) == pytest.approx(0.0)
+    assert cosine_to_one(0.0, 0.99) == pytest.approx(0.99) and cosine_to_one(1.0, 0.99) == pytest.approx(1.0)
