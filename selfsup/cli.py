@@ -111,8 +111,15 @@ def _train(args) -> int:
             raise SelfSupError("--resume needs --out RUN_DIR")
         name = Path(str(overrides["data"]).split(":")[0]).name
         out = f"runs/{args.method}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(args.method, out=out, resume=args.resume, overwrite=args.overwrite,
-                   progress=not args.no_progress, **overrides)
+    from .engine import dist
+    try:
+        result = train(args.method, out=out, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress, **overrides)
+    finally:
+        main_process = dist.is_main()
+        dist.cleanup()
+    if not main_process:
+        return 0
     print(f"trained {result.config.method} for {result.steps} steps: loss {result.last_loss:.4f}, "
           f"{result.images_per_s:.0f} images/s; run folder {out}")
     return 0
