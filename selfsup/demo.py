@@ -13,7 +13,7 @@ from .errors import SelfSupError
 log = logging.getLogger("selfsup")
 
 
-def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion-mnist") -> int:
+def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion-mnist", fallback: str = "shapes") -> int:
     from .data.datasets import load_dataset
     from .engine.train import train
     from .eval.evaluate import evaluate
@@ -23,9 +23,8 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion
     except SelfSupError as e:
         if data != "fashion-mnist":
             raise
-        print(f"notice: {e}\nnotice: running the demo on the synthetic 'shapes' dataset instead.")
-        data = "shapes"
-        dataset = load_dataset(data)
+        print(f"notice: {e}\nnotice: running the demo on the synthetic '{fallback}' dataset instead.")
+        dataset = load_dataset(fallback)
     print(f"selfsup demo: SimCLR on {dataset.name} ({len(dataset.train)} training images), "
           f"{minutes:g} minutes of training on {'the GPU' if _cuda() else 'the CPU'}; run folder {out}")
     t0 = time.time()

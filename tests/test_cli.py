@@ -94,3 +94,16 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("train", "eval", "data", "demo"):
         assert cmd in out
+
+
+def test_demo_falls_back_to_shapes_and_prints_the_comparison(tmp_path, capsys, monkeypatch):
+    from selfsup.data import fashion_mnist
+    from selfsup.demo import run_demo
+    monkeypatch.setattr(fashion_mnist, "locate", lambda data_dir=None: None)
+    code = run_demo(minutes=0.05, out=str(tmp_path / "demo"), fallback="shapes:n=128,n_test=64,size=16")
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "notice: Fashion-MNIST not found" in out and "instead" in out
+    for row in ("SimCLR (this run)", "random-init backbone", "raw pixels"):
+        assert row in out
+    assert (tmp_path / "demo" / "eval" / "knn.json").is_file()
