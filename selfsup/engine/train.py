@@ -245,6 +245,22 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
     t0 = time.time()
     last_ckpt_time, window_t, window_steps, window_loss, window_logs = t0, t0, 0, 0.0, {}
     last_loss, rate = float("nan"), 0.0
+
+    def log_row():
+        """One metrics.jsonl line averaging the steps since the previous one."""
+        nonlocal window_t, window_steps, window_loss, window_logs, last_loss, rate
+        now = time.time()
+        rate = window_steps * source.global_batch / max(now - window_t, 1e-9)
+        last_loss = window_loss / window_steps
+        row = {"step": step, "epoch": round(step / spe, 4), "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
+               "images_per_s": rate, "elapsed_s": elapsed_before + now - t0,
+               **{k: v / window_steps for k, v in window_logs.items()}}
+        if metrics:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+        if bar:
+            bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+        window_t, window_steps, window_loss, window_logs = now, 0, 0.0, {}
     method.train()
     try:
         while step < total:
@@ -277,19 +293,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                 for k, v in logs.items():
                     window_logs[k] = window_logs.get(k, 0.0) + _scalar(v)
                 if step % cfg.log_every == 0 or step == total or step == 1:
-                    now = time.time()
-                    rate = window_steps * source.global_batch / max(now - window_t, 1e-9)
-                    last_loss = window_loss / window_steps
-                    row = {"step": step, "epoch": round(step / spe, 4), "loss": last_loss,
-                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": rate,
-                           "elapsed_s": elapsed_before + now - t0,
-                           **{k: v / window_steps for k, v in window_logs.items()}}
-                    if metrics:
-                        metrics.write(json.dumps(row) + "\n")
-                        metrics.flush()
-                    if bar:
-                        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
-                    window_t, window_steps, window_loss, window_logs = now, 0, 0.0, {}
+                    log_row()
                 if bar:
                     bar.update(1)
                 due = (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or \
@@ -304,6 +308,8 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                 last_ckpt_time = time.time()
                 continue
             break
+        if window_steps:  # stopped by the time limit between two log lines
+            log_row()
     finally:
         if bar:
             bar.close()
