@@ -14,15 +14,9 @@ from pathlib import Path
 
 from .errors import SelfSupError
 
-log = logging.getLogger("selfsup")
-
 # flags that map onto TrainConfig fields (dest -> field)
 TRAIN_FLAGS = ("backbone", "epochs", "batch_size", "lr", "device", "seed", "data_dir", "download", "strict",
                "time_limit")
-
-
-def _positive_float(text: str) -> float:
-    return float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,8 +138,7 @@ def _data(args) -> int:
     from .data.datasets import DATASETS, load_dataset
 
     if args.data_command == "list":
-        load_dataset.__globals__  # noqa: B018 - the registry fills on first use
-        from .data import fashion_mnist, folder, photos, shapes  # noqa: F401
+        from .data import fashion_mnist, folder, photos, shapes  # noqa: F401  (fill the registry)
         for name in sorted(DATASETS):
             print(name)
         print("(or a path: a folder of images; class sub-folders give labels, train/ and test/ give splits)")

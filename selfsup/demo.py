@@ -5,12 +5,9 @@ When Fashion-MNIST cannot be had it says so and runs on the synthetic ``shapes``
 """
 from __future__ import annotations
 
-import logging
 import time
 
 from .errors import SelfSupError
-
-log = logging.getLogger("selfsup")
 
 
 def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion-mnist", fallback: str = "shapes") -> int:
@@ -44,7 +41,8 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion
     ours, rand, pix = rows
     beats = ours[1] > max(rand[1], pix[1]) and ours[2] > max(rand[2], pix[2])
     print("\nSimCLR beats both baselines on both probes." if beats else
-          "\nSimCLR does not beat both baselines on both probes in this budget; try --minutes 20.")
+          "\nSimCLR does not beat both baselines on both probes at this budget; give it more time "
+          "(--minutes; the default 10 did on Fashion-MNIST, see BENCHMARKS.md).")
     print(f"results: {out}/eval/")
     return 0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from . import dist, rundir
 from .checkpoint import load_checkpoint, save_backbone, save_checkpoint
 from .optim import build_optimizer
 from .schedule import warmup_cosine
-
-log = logging.getLogger("selfsup")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -241,7 +238,11 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
     bar = None
     if progress and main:
         from tqdm.auto import tqdm
-        bar = tqdm(total=total, initial=step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
+        if cfg.time_limit:  # a wall-clock budget: the bar counts seconds, not the (huge) step cap
+            bar = tqdm(total=round(cfg.time_limit * 60), initial=round(elapsed_before), desc=f"{cfg.method}",
+                       unit="s", dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s{postfix}")
+        else:
+            bar = tqdm(total=total, initial=step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
     t0 = time.time()
     last_ckpt_time, window_t, window_steps, window_loss, window_logs = t0, t0, 0, 0.0, {}
     last_loss, rate = float("nan"), 0.0
@@ -295,7 +296,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                 if step % cfg.log_every == 0 or step == total or step == 1:
                     log_row()
                 if bar:
-                    bar.update(1)
+                    bar.update(min(bar.total, round(elapsed_before + time.time() - t0)) - bar.n if cfg.time_limit else 1)
                 due = (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or \
                       (cfg.checkpoint_every_minutes and time.time() - last_ckpt_time > cfg.checkpoint_every_minutes * 60)
                 if due:

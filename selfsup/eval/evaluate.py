@@ -7,6 +7,7 @@ split feed the kNN and linear probes.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def load_backbone(run_dir: str | Path) -> models.Encoder:
 
 
 def rundir_json(run_dir: Path) -> dict:
-    import json
+    """The run folder's config.json, or {} when there is none."""
     p = Path(run_dir) / "config.json"
     return json.loads(p.read_text()) if p.is_file() else {}
 
