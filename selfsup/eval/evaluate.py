@@ -130,6 +130,7 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     feat_s = time.time() - t0
     common = {"data": dataset.name, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
               "n_test": len(test), "feature_dim": bank_x.shape[1], "layer": layer, "pool": pool, **subject}
+    prov = rundir.provenance(dev, 1, dataset.fingerprint)  # once: it hashes the data and asks git
     results = {}
     for p in protocols:
         t1 = time.time()
@@ -142,7 +143,7 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
             res = {"protocol": "linear", **lin, "standardised": True, "solver": "L-BFGS logistic regression"}
         res.update(common)
         res["seconds"] = round(feat_s + time.time() - t1, 2)
-        res["provenance"] = rundir.provenance(dev, 1, dataset.fingerprint)
+        res["provenance"] = prov
         results[p] = res
     _write(results, out, checkpoint, label_fraction, layer)
     return results
