@@ -19,6 +19,15 @@ TRAIN_FLAGS = ("backbone", "epochs", "batch_size", "lr", "device", "seed", "data
                "time_limit")
 
 
+def _layer(value: str):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a stage number or auto, got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
     from .models import BACKBONES
@@ -62,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--label-fraction", type=float, default=1.0, help="stratified fraction of train labels used, in (0, 1]")
     e.add_argument("--k", type=int, default=200, help="kNN neighbours")
     e.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
-    e.add_argument("--layer", type=int, default=None, help="features from this stage/block (1-based) instead of the last")
-    e.add_argument("--pool", choices=["cls", "mean"], default=None, help="ViT pooling")
+    e.add_argument("--layer", type=_layer, default=None,
+                   help="features from this stage/block (1-based) instead of the last, or auto: the best by kNN "
+                        "on a validation part of the labelled train data (never the test split)")
+    e.add_argument("--pool", choices=["avg", "grid", "cls", "mean"], default=None,
+                   help="ResNet map pooling (avg: global; grid: a small spatial grid) or ViT pooling (cls | mean)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--on", choices=["test", "val"], default="test",
                    help="score on the test split, or on a held-out part of train (for choosing settings)")

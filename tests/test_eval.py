@@ -105,3 +105,51 @@ def test_evaluate_errors_are_one_line():
     unlabeled = DatasetSplits("u", ImageSet(tiny_images(10, 1, 8)))
     with pytest.raises(SelfSupError, match="has no labels"):
         evaluate("knn", baseline="pixels", data=unlabeled)
+
+
+def test_grid_pooling_keeps_a_spatial_grid_within_the_dimension_budget():
+    from selfsup.eval.features import GRID_DIMS, pool_map
+    f = torch.randn(2, 8, 32, 32)
+    g = pool_map(f, "grid")
+    assert g.shape == (2, 8 * 8 * 8) and g.shape[1] <= GRID_DIMS
+    assert torch.allclose(g.view(2, 8, 64).mean(2), pool_map(f, "avg"), atol=1e-5)  # 8 equal cells per side
+    assert pool_map(torch.randn(2, 16, 28, 28), "grid").shape == (2, 16 * 5 * 5)
+    assert pool_map(torch.randn(2, 512, 4, 4), "grid").shape == (2, 512)      # never fewer than 1x1
+    with pytest.raises(SelfSupError, match="--pool"):
+        pool_map(f, "max")
+
+
+def _splits_with(test_labels):
+    imgs = torch.cat([tiny_images(40, 1, 16, seed=1), 255 - tiny_images(40, 1, 16, seed=2)])
+    labels = torch.arange(80) // 40
+    return DatasetSplits("toy", ImageSet(imgs, labels, classes=["a", "b"]),
+                         ImageSet(imgs[::4].clone(), test_labels, classes=["a", "b"]))
+
+
+def test_layer_auto_chooses_on_train_labels_only_and_records_the_choice():
+    true = (torch.arange(80) // 40)[::4]
+    r1 = evaluate(["knn"], data=_splits_with(true), baseline="random", backbone="resnet18_quarter", k=5, layer="auto")
+    r2 = evaluate(["knn"], data=_splits_with(1 - true), baseline="random", backbone="resnet18_quarter", k=5, layer="auto")
+    sel = r1["knn"]["layer_selection"]
+    assert set(sel) == {"1/grid", "2/grid", "3/grid", "final/default"}
+    assert r1["knn"]["layer_selection"] == r2["knn"]["layer_selection"]      # the test labels play no part
+    assert r1["knn"]["layer"] == r2["knn"]["layer"]
+    assert abs(r1["knn"]["accuracy"] + r2["knn"]["accuracy"] - 1) < 1e-6     # two classes: flipped labels, flipped score
+    best = max(sel.values())
+    chosen = f"{r1['knn']['layer'] or 'final'}/{r1['knn']['pool'] or 'default'}"
+    assert sel[chosen] == best
+    with pytest.raises(SelfSupError, match="--layer"):
+        evaluate(["knn"], data=_splits_with(true), baseline="pixels", layer="auto")
+    with pytest.raises(SelfSupError, match="--layer"):
+        evaluate(["knn"], data=_splits_with(true), baseline="random", layer=0)
+
+
+@pytest.mark.parametrize("name", ["resnet18_quarter", "vit_micro"])
+def test_one_pass_extraction_matches_stage_by_stage_extraction(name):
+    from selfsup.eval.features import candidates, extract_many
+    enc = Encoder(create_backbone(name, in_chans=1, img_size=16), [0.5], [0.25])
+    images = tiny_images(10, 1, 16)
+    many = extract_many(enc, images, candidates(enc), batch_size=4)
+    assert len(many) == (4 if name.startswith("resnet") else 6)
+    for (layer, pool), f in many.items():
+        assert torch.allclose(f, extract(enc, images, batch_size=4, layer=layer, pool=pool), atol=1e-5), (layer, pool)

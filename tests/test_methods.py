@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.engine.train import build_method, resolve_config
+from selfsup.engine.train import build_method, resolve_config, write_pictures
+from selfsup.errors import SelfSupError
 from selfsup.methods import METHODS
 from selfsup.methods.base import DataInfo
 
@@ -17,6 +18,10 @@ from conftest import tiny_images
 def test_one_training_step_through_the_registry(name, channels):
     cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
     info = DataInfo(channels=channels, image_size=16, mean=[0.5] * channels, std=[0.25] * channels, num_classes=2)
+    if METHODS[name].input_space == "lab_l" and channels == 1:  # colour from lightness: refuses grey data
+        with pytest.raises(SelfSupError, match="colour"):
+            build_method(cfg, mcfg, info)
+        return
     method = build_method(cfg, mcfg, info)
     images = tiny_images(16, channels, 16)
     batch = {"images": images, "labels": torch.arange(16) % 2} if method.uses_labels else {"images": images}
@@ -26,6 +31,8 @@ def test_one_training_step_through_the_registry(name, channels):
     loss, logs = method(batch)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
+    grads = [p.grad for p in method.backbone.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the backbone"
     opt.step()
     method.after_step(0, 10)
     assert any(not torch.equal(a, b) for a, b in zip(before, params)), "no parameter moved"
@@ -34,18 +41,34 @@ def test_one_training_step_through_the_registry(name, channels):
 
 
 @pytest.mark.parametrize("name", list(METHODS))
+def test_pictures_are_written_as_png_grids(name, tmp_path):
+    from PIL import Image
+
+    from selfsup.data.datasets import ImageSet
+    cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
+    method = build_method(cfg, mcfg, DataInfo(3, 16, [0.5] * 3, [0.25] * 3, num_classes=2))
+    paths = write_pictures(method, ImageSet(tiny_images(12, 3, 16)), tmp_path, seed=0)
+    assert method.training, "write_pictures must restore train mode"
+    assert paths, f"{name} shows no pictures"   # every method shows what it trains on
+    for p in paths:
+        w, h = Image.open(p).size
+        assert w == 8 * 16 + 9 and h >= 16, (p, w, h)   # 8 per row, 1-px padding
+
+
+@pytest.mark.parametrize("name", list(METHODS))
 def test_methods_never_read_labels_unless_marked(name):
     cls = METHODS[name]
     if cls.uses_labels:
         return
     cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
-    method = build_method(cfg, mcfg, DataInfo(1, 16, [0.5], [0.25]))
+    channels = 3 if cls.input_space == "lab_l" else 1
+    method = build_method(cfg, mcfg, DataInfo(channels, 16, [0.5] * channels, [0.25] * channels))
 
     class NoLabels(dict):
         def __getitem__(self, key):
             assert key != "labels", f"{name} read the labels"
             return super().__getitem__(key)
-    loss, _ = method(NoLabels(images=tiny_images(8, 1, 16)))
+    loss, _ = method(NoLabels(images=tiny_images(8, channels, 16)))
     assert torch.isfinite(loss)
 
 

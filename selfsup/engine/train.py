@@ -164,13 +164,51 @@ def data_info(data, num_classes: int = 0) -> DataInfo:
 def build_method(cfg: TrainConfig, method_cfg, info: DataInfo) -> Method:
     """The method around a freshly initialised backbone (initialisation seeded by ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
-    backbone = models.create_backbone(cfg.backbone, in_chans=info.channels, img_size=info.image_size)
-    return get_method(cfg.method)(backbone, method_cfg, info)
+    cls = get_method(cfg.method)
+    in_chans = models.input_channels(cls.input_space, info.channels)
+    backbone = models.create_backbone(cfg.backbone, in_chans=in_chans, img_size=info.image_size)
+    return cls(backbone, method_cfg, info)
 
 
 def backbone_meta(cfg: TrainConfig, info: DataInfo) -> dict:
+    space = get_method(cfg.method).input_space
     return {"backbone": cfg.backbone, "in_chans": info.channels, "img_size": info.image_size,
-            "mean": info.mean, "std": info.std, "method": cfg.method}
+            "mean": info.mean, "std": info.std, "method": cfg.method, "input_space": space}
+
+
+def prepare_method(method: Method, images, seed: int) -> None:
+    """Give ``method.prepare`` its seeded sample of training images (once, before a new run)."""
+    n = method.prepare_samples
+    if not n:
+        return
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(images), generator=g)[:n]
+    sample = images.batch(idx)["images"] if isinstance(images, ImageSet) else _collate([images[int(i)] for i in idx])["images"]
+    method.prepare(sample)
+
+
+def write_pictures(method: Method, images, run_dir: Path, seed: int) -> list[Path]:
+    """Each of ``method.pictures`` as RUN/pictures/NAME.png (8 images per row), from a fixed sample."""
+    from torchvision.utils import save_image
+    idx = torch.arange(min(8, len(images)))
+    batch = images.batch(idx) if isinstance(images, ImageSet) else _collate([images[int(i)] for i in idx])
+    device = next(method.parameters()).device
+    batch = _to_device(batch, device)
+    was_training = method.training
+    method.eval()
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            pics = method.pictures(batch)
+    finally:
+        method.train(was_training)
+    paths = []
+    for name, x in pics.items():
+        path = run_dir / "pictures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(x.detach().float().cpu().clamp(0, 1), path, nrow=8, padding=1, pad_value=1.0)
+        paths.append(path)
+    return paths
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -362,11 +400,30 @@ def train(method: str = "simclr", data=None, out: str | Path | None = None, resu
         rundir.write_json(run_dir / "config.json", {**to_dict(cfg), "method_config": to_dict(method_cfg),
                                                     "data_info": info.__dict__})
         rundir.write_json(run_dir / "provenance.json", rundir.provenance(device, world, _fingerprint(images)))
+    if not resume:
+        prepare_method(method_module, images, cfg.seed)
     source = BatchSource(images, cfg.batch_size, cfg.seed, rank, world, cfg.num_workers)
     result = fit(method_module, source, cfg, run_dir, device, resume_state=saved, progress=progress, method_cfg=method_cfg)
     if run_dir is not None and rank == 0:
         save_backbone(method_module.backbone, backbone_meta(cfg, info), run_dir / "backbone.safetensors")
+        write_pictures(method_module, images, run_dir, cfg.seed)
     return result
+
+
+def load_method(run_dir: str | Path) -> Method:
+    """The whole trained method of a run folder (backbone, heads, buffers), in eval mode: what
+    pretext metrics and pictures need beyond the backbone."""
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    saved = dict(ckpt["config"])
+    method_saved = saved.pop("method_config", {})
+    cfg, method_cfg = resolve_config(saved.pop("method"), {**saved, **method_saved})
+    info = (Path(run_dir) / "config.json")
+    if not info.is_file():
+        raise SelfSupError(f"{run_dir}: no config.json, so the data facts the method was built for are unknown")
+    info = DataInfo(**json.loads(info.read_text())["data_info"])
+    method = build_method(cfg, method_cfg, info)
+    method.load_state_dict(ckpt["model"])
+    return method.eval()
 
 
 def _fingerprint(images) -> str | None:

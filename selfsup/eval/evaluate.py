@@ -18,6 +18,7 @@ from ..data.datasets import DatasetSplits, label_subset, load_dataset, stratifie
 from ..engine import rundir
 from ..engine.checkpoint import load_checkpoint, read_backbone
 from ..errors import SelfSupError
+from ..methods import get_method
 from . import features as feat
 from .knn import knn_accuracy
 from .linear import linear_probe
@@ -40,15 +41,18 @@ def load_backbone(run_dir: str | Path) -> models.Encoder:
         info = rundir_json(run_dir).get("data_info", {})
         state = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
         meta = {"backbone": cfg["backbone"], "in_chans": info.get("channels", 3), "img_size": info.get("image_size", 32),
-                "mean": info.get("mean", [0.5]), "std": info.get("std", [0.5]), "method": cfg["method"]}
+                "mean": info.get("mean", [0.5]), "std": info.get("std", [0.5]), "method": cfg["method"],
+                "input_space": get_method(cfg["method"]).input_space}
     if "backbone" not in meta:
         raise SelfSupError(f"{path}: no selfsup metadata (backbone name, channels, normalisation)")
-    backbone = models.create_backbone(meta["backbone"], in_chans=meta["in_chans"], img_size=meta["img_size"])
+    space = meta.get("input_space", "rgb")
+    backbone = models.create_backbone(meta["backbone"], in_chans=models.input_channels(space, meta["in_chans"]),
+                                      img_size=meta["img_size"])
     try:
         backbone.load_state_dict(state)
     except RuntimeError as e:
         raise SelfSupError(f"{path}: weights do not fit backbone {meta['backbone']} ({str(e).splitlines()[0]})") from None
-    enc = models.Encoder(backbone, meta["mean"], meta["std"])
+    enc = models.Encoder(backbone, meta["mean"], meta["std"], input_space=space)
     enc.meta = meta
     return enc.eval()
 
@@ -95,6 +99,8 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         raise SelfSupError("give either --checkpoint RUN_DIR or --baseline random|pixels")
     if baseline not in (None, "random", "pixels"):
         raise SelfSupError(f"--baseline {baseline}: expected random or pixels")
+    if layer is not None and layer != "auto" and (not isinstance(layer, int) or layer < 1):
+        raise SelfSupError(f"--layer {layer}: expected a stage number (1, 2, ...) or auto")
     if k <= 0 or temperature <= 0:
         raise SelfSupError(f"--k and --temperature must be positive, got {k}, {temperature}")
     if checkpoint is not None and not Path(checkpoint).exists():
@@ -126,10 +132,17 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
             if encoder.meta["in_chans"] != train.channels:
                 raise SelfSupError(f"--data {dataset.name}: has {train.channels} channel(s) but the backbone was trained on {encoder.meta['in_chans']}")
         fx = lambda images: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool)  # noqa: E731
+    selection = None
+    if layer == "auto":
+        if baseline == "pixels":
+            raise SelfSupError("--layer auto: raw pixels have no layers")
+        layer, pool, selection = select_layer(encoder, bank, k, temperature, seed, batch_size, dev)
     bank_x, test_x = fx(bank.images), fx(test.images)
     feat_s = time.time() - t0
     common = {"data": dataset.name, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
               "n_test": len(test), "feature_dim": bank_x.shape[1], "layer": layer, "pool": pool, **subject}
+    if selection is not None:
+        common["layer_selection"] = selection
     prov = rundir.provenance(dev, 1, dataset.fingerprint)  # once: it hashes the data and asks git
     results = {}
     for p in protocols:
@@ -147,6 +160,28 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         results[p] = res
     _write(results, out, checkpoint, label_fraction, layer)
     return results
+
+
+SELECT_N = 10_000   # labelled images the stage selection looks at, at most (a stratified subset)
+
+
+def select_layer(encoder, bank, k: int, temperature: float, seed: int, batch_size: int, dev) -> tuple:
+    """The (layer, pool) whose kNN accuracy is best on a validation sixth of the labelled ``bank``
+    (of a stratified subset of at most SELECT_N of it, for speed).
+
+    Only the labels the probe itself may use take part (at 1% labels, the 1%), and the test
+    split is never seen. Returns (layer, pool, {"layer/pool": val accuracy, ...})."""
+    if len(bank) > SELECT_N:
+        bank = label_subset(bank, SELECT_N / len(bank), seed)
+    choices = feat.candidates(encoder)
+    fit_idx, val_idx = stratified_split(bank.labels, len(bank), 1 / 6, seed)
+    feats = feat.extract_many(encoder, bank.images, choices, batch_size, dev)
+    scores = {}
+    for c, x in feats.items():
+        scores[c] = knn_accuracy(x[fit_idx], bank.labels[fit_idx], x[val_idx], bank.labels[val_idx],
+                                 k=min(k, len(fit_idx)), temperature=temperature, num_classes=bank.num_classes)
+    best = max(choices, key=lambda c: scores[c])  # ties -> the earliest candidate
+    return (*best, {f"{c[0] or 'final'}/{c[1] or 'default'}": round(v, 4) for c, v in scores.items()})
 
 
 def _write(results: dict, out, checkpoint, label_fraction: float, layer) -> None:

@@ -2,7 +2,64 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..errors import SelfSupError
+
+
+GRID_DIMS = 512  # "grid" pooling keeps at most this many numbers of a feature map (the linear probe is memory-bound on wide features)
+
+
+def pool_map(feats: torch.Tensor, pool: str | None) -> torch.Tensor:
+    """A ResNet feature map (B, C, h, w) as a vector: global average ("avg", the default) or
+    average-pooled to an s x s grid with C*s*s <= GRID_DIMS ("grid", for earlier stages, whose
+    global average throws away where things are; cf. the resized conv features of Zhang et al.)."""
+    if pool in (None, "avg"):
+        return feats.mean(dim=(2, 3))
+    if pool != "grid":
+        raise SelfSupError(f"--pool {pool}: expected avg or grid for a convolutional backbone")
+    s = max(1, min(int((GRID_DIMS / feats.shape[1]) ** 0.5), feats.shape[2], feats.shape[3]))
+    return F.adaptive_avg_pool2d(feats, s).flatten(1)
+
+
+def candidates(encoder: nn.Module) -> list[tuple[int | None, str | None]]:
+    """The (layer, pool) choices ``layer="auto"`` picks from: every earlier stage (ResNet, grid-
+    pooled) or block (ViT, its own pooling), and the final embedding (None, None)."""
+    bb = encoder.backbone
+    pool = None if hasattr(bb, "vit") else "grid"
+    n = bb.num_stages
+    return [(i, pool) for i in range(1, n)] + [(None, None)]
+
+
+def _features(encoder: nn.Module, x: torch.Tensor, layer: int | None, pool: str | None) -> torch.Tensor:
+    if layer is None and pool is None:
+        return encoder(x)
+    feats = encoder.forward_features(x, stage=layer)
+    return encoder.backbone.pool(feats, pool) if feats.dim() == 3 else pool_map(feats, pool)
+
+
+@torch.no_grad()
+def extract_many(encoder: nn.Module, images: torch.Tensor, choices, batch_size: int = 512,
+                 device: str | torch.device = "cpu") -> dict:
+    """{(layer, pool): (N, D) features} for several choices from one pass per batch."""
+    was_training = encoder.training
+    encoder.eval().to(device)
+    bb = encoder.backbone
+    out = {c: [] for c in choices}
+    try:
+        for i in range(0, len(images), batch_size):
+            stages = bb.forward_stages(encoder.normalize(images[i:i + batch_size].to(device)))
+            for layer, pool in choices:
+                f = stages[(layer or len(stages)) - 1]
+                if layer is None and pool is None:
+                    v = bb.pool(f)
+                else:
+                    v = bb.pool(f, pool) if f.dim() == 3 else pool_map(f, pool)
+                out[(layer, pool)].append(v.float().cpu())
+    finally:
+        encoder.train(was_training)
+    return {c: torch.cat(v) for c, v in out.items()}
 
 
 @torch.no_grad()
@@ -11,8 +68,8 @@ def extract(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, dev
     """Embeddings (N, D) of uint8 images (N, C, H, W).
 
     ``encoder`` is a :class:`selfsup.models.Encoder`. ``layer`` picks an earlier stage (ResNet
-    stage or ViT block, 1-based), globally average-pooled; ``pool`` ("cls" | "mean") overrides a
-    ViT's pooling. The encoder's train/eval mode is restored afterwards.
+    stage or ViT block, 1-based); ``pool`` is "avg" | "grid" for a ResNet map (:func:`pool_map`)
+    or "cls" | "mean" for a ViT's tokens. The encoder's train/eval mode is restored afterwards.
     """
     was_training = encoder.training
     encoder.eval().to(device)
@@ -20,12 +77,7 @@ def extract(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, dev
     try:
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].to(device)
-            if layer is None and pool is None:
-                f = encoder(x)
-            else:
-                feats = encoder.forward_features(x, stage=layer)
-                f = encoder.backbone.pool(feats, pool) if feats.dim() == 3 else feats.mean(dim=(2, 3))
-            out.append(f.float().cpu())
+            out.append(_features(encoder, x, layer, pool).float().cpu())
     finally:
         encoder.train(was_training)
     return torch.cat(out)

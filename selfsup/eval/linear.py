@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..data.datasets import stratified_split
 
 WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2)
+SELECT_N = 20_000   # the penalty is chosen on a stratified subset of at most this many train samples
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
@@ -35,11 +36,16 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                  num_classes: int | None = None, weight_decays=WEIGHT_DECAYS, val_fraction: float = 0.1,
                  seed: int = 0) -> dict:
-    """Accuracy of a linear classifier; the L2 penalty picked on a validation split of train."""
+    """Accuracy of a linear classifier; the L2 penalty picked on a validation split of train (of a
+    stratified subset of at most SELECT_N samples: the full-batch fits are memory-bound on wide
+    features, and the penalty's choice does not need all of them), then refit on all of train."""
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    fit_idx, val_idx = stratified_split(train_y, len(train_y), val_fraction, seed)
+    pool = torch.arange(len(train_y))
+    if len(pool) > SELECT_N:
+        pool = stratified_split(train_y, len(train_y), SELECT_N / len(train_y), seed)[1]
+    fit_idx, val_idx = (pool[i] for i in stratified_split(train_y[pool], len(pool), val_fraction, seed))
     val_acc = {}
     for wd in weight_decays:
         w, b = fit_logistic(train_x[fit_idx], train_y[fit_idx], num_classes, wd)

@@ -3,9 +3,17 @@ from __future__ import annotations
 
 from ..errors import SelfSupError
 from .base import DataInfo, Method
+from .colorization import Colorization
+from .inpainting import Inpainting
+from .jigsaw import Jigsaw
+from .rotation import Rotation
 from .simclr import SimCLR
 
 METHODS: dict[str, type[Method]] = {
+    "rotation": Rotation,
+    "jigsaw": Jigsaw,
+    "colorization": Colorization,
+    "inpainting": Inpainting,
     "simclr": SimCLR,
 }
 

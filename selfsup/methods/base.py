@@ -25,13 +25,22 @@ class Method(nn.Module):
     implement ``forward(batch) -> (loss, logs)`` where ``batch["images"]`` is uint8 (B, C, H, W).
 
     ``after_step(step, total_steps)`` runs after each optimiser step (EMA teachers, queues).
-    ``backbone`` is what evaluation and export take.
+    ``prepare(images)`` runs once before the first step of a new run (not on resume: what it
+    computes belongs in buffers, which the checkpoint keeps) with a seeded sample of the
+    training images, uint8 (N, C, H, W), for statistics of the data (colorization's bin prior).
+    ``backbone`` is what evaluation and export take. ``input_space`` says what the backbone
+    sees: "rgb" (the images' own channels, normalised) or "lab_l" (the Lab lightness of RGB
+    images, one channel: ``selfsup.data.color.lightness_input``); evaluation feeds the same.
+    ``pictures(batch)`` returns named image tensors; the engine writes each as one PNG grid
+    with 8 images per row, so a method shows input / output / target as consecutive rows of 8.
     """
 
     Config: ClassVar[type]
     uses_labels: ClassVar[bool] = False
     primary_eval: ClassVar[str] = "knn"
     train_defaults: ClassVar[dict] = {}
+    input_space: ClassVar[str] = "rgb"
+    prepare_samples: ClassVar[int] = 0   # how many training images ``prepare`` wants (0: it is not called)
 
     def __init__(self, backbone: nn.Module, cfg, data: DataInfo):
         super().__init__()
@@ -40,6 +49,9 @@ class Method(nn.Module):
         self.data = data
 
     def after_step(self, step: int, total_steps: int) -> None:
+        pass
+
+    def prepare(self, images: torch.Tensor) -> None:
         pass
 
     def pictures(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -41,18 +41,38 @@ def create_backbone(name: str, in_chans: int = 3, img_size: int = 32, **kw) -> n
     return BACKBONES[name](in_chans=in_chans, img_size=img_size, **kw)
 
 
+INPUT_SPACES = ("rgb", "lab_l")
+
+
+def input_channels(input_space: str, data_channels: int) -> int:
+    """Channels the backbone takes: the data's own, or 1 for the Lab lightness of RGB images."""
+    if input_space not in INPUT_SPACES:
+        raise SelfSupError(f"unknown input space {input_space!r} (known: {', '.join(INPUT_SPACES)})")
+    return 1 if input_space == "lab_l" else data_channels
+
+
 class Encoder(nn.Module):
     """A backbone with its input normalisation: takes uint8 or [0, 1] float images (B, C, H, W)
-    and returns the pooled embedding (B, D). What ``selfsup.load_backbone`` gives back."""
+    and returns the pooled embedding (B, D). What ``selfsup.load_backbone`` gives back.
 
-    def __init__(self, backbone: nn.Module, mean, std):
+    With ``input_space="lab_l"`` (a colorization backbone) RGB images are turned into their
+    Lab lightness first, exactly as in training; ``mean``/``std`` are then unused."""
+
+    def __init__(self, backbone: nn.Module, mean, std, input_space: str = "rgb"):
         super().__init__()
+        input_channels(input_space, len(mean))
         self.backbone = backbone
         self.embed_dim = backbone.embed_dim
+        self.input_space = input_space
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_space == "lab_l":
+            from ..data.color import lightness_input
+            if x.shape[1] != 3:
+                raise SelfSupError(f"this backbone sees the lightness of RGB images; got {x.shape[1]} channel(s)")
+            return lightness_input(x)
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         return (x - self.mean) / self.std

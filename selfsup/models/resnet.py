@@ -58,6 +58,14 @@ class ResNet(nn.Module):
                 break
         return x
 
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature map after every stage, in one pass."""
+        x, out = self.stem(x), []
+        for s in self.stages:
+            x = s(x)
+            out.append(x)
+        return out
+
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         return features.mean(dim=(2, 3))
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..errors import SelfSupError
 from timm.models.vision_transformer import VisionTransformer
 
 
@@ -38,8 +40,20 @@ class ViT(nn.Module):
             x = blk(x)
         return x
 
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tokens after every block, in one pass; the last one normed (as ``forward_features``)."""
+        v = self.vit
+        x, out = v.norm_pre(v._pos_embed(v.patch_embed(x))), []
+        for blk in v.blocks:
+            x = blk(x)
+            out.append(x)
+        out[-1] = v.norm(out[-1])
+        return out
+
     def pool(self, tokens: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         mode = mode or self.pool_mode
+        if mode not in ("cls", "mean"):
+            raise SelfSupError(f"--pool {mode}: expected cls or mean for a ViT")
         return tokens[:, 1:].mean(dim=1) if mode == "mean" else tokens[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
