@@ -77,3 +77,13 @@ def test_readme_method_table_matches_the_registry():
     table = readme.split("<!-- methods -->")[1].split("<!-- /methods -->")[0]
     names = re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M)
     assert names == list(METHODS)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_settings_do_not_shadow_training_settings(name):
+    """``--set key=value`` goes to TrainConfig first: a method field of the same name could never be set."""
+    from dataclasses import fields
+
+    from selfsup.config import TrainConfig
+    clash = {f.name for f in fields(METHODS[name].Config)} & {f.name for f in fields(TrainConfig)}
+    assert not clash, f"{name}: {clash} shadowed by training settings"

@@ -311,6 +311,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                     prog = max(prog, (elapsed_before + now - t0) / (cfg.time_limit * 60))
                 for g in optimizer.param_groups:
                     g["lr"] = warmup_cosine(step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio)
+                method.progress = min(prog, 1.0)   # schedules of the method (EMA momentum, temperatures) read it
                 torch.manual_seed(_step_seed(cfg.seed, step, rank))
                 batch = _to_device(batch, device)
                 with autocast:

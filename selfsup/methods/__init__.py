@@ -4,8 +4,10 @@ from __future__ import annotations
 from ..errors import SelfSupError
 from .base import DataInfo, Method
 from .colorization import Colorization
+from .dino import DINO
 from .inpainting import Inpainting
 from .jigsaw import Jigsaw
+from .moco import MoCo, MoCoV3
 from .rotation import Rotation
 from .simclr import SimCLR
 
@@ -15,6 +17,9 @@ METHODS: dict[str, type[Method]] = {
     "colorization": Colorization,
     "inpainting": Inpainting,
     "simclr": SimCLR,
+    "moco": MoCo,
+    "mocov3": MoCoV3,
+    "dino": DINO,
 }
 
 

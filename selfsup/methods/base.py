@@ -25,6 +25,9 @@ class Method(nn.Module):
     implement ``forward(batch) -> (loss, logs)`` where ``batch["images"]`` is uint8 (B, C, H, W).
 
     ``after_step(step, total_steps)`` runs after each optimiser step (EMA teachers, queues).
+    ``progress`` is the fraction of training done, in [0, 1], set by the engine before each step:
+    by steps, or by wall-clock under ``--time-limit`` (where ``total_steps`` is only a cap), so
+    schedules (EMA momentum towards 1, temperature warm-up, a frozen last layer) should read it.
     ``prepare(images)`` runs once before the first step of a new run (not on resume: what it
     computes belongs in buffers, which the checkpoint keeps) with a seeded sample of the
     training images, uint8 (N, C, H, W), for statistics of the data (colorization's bin prior).
@@ -41,6 +44,7 @@ class Method(nn.Module):
     train_defaults: ClassVar[dict] = {}
     input_space: ClassVar[str] = "rgb"
     prepare_samples: ClassVar[int] = 0   # how many training images ``prepare`` wants (0: it is not called)
+    progress: float = 0.0
 
     def __init__(self, backbone: nn.Module, cfg, data: DataInfo):
         super().__init__()
