@@ -37,7 +37,10 @@ DATASETS = {"fashion-mnist": "fashion-mnist", "shapes": "shapes:colors=class"}
 
 @torch.no_grad()
 def pretext_score(run_dir: Path, method_name: str, test_images: torch.Tensor, seed: int) -> dict:
-    """The method's own task on test images (eval mode, seeded augmentation) beside a trivial reference."""
+    """The method's own task on test images (eval mode, seeded augmentation) beside a trivial reference
+    (None for methods without one)."""
+    if method_name not in ("rotation", "jigsaw", "inpainting", "colorization"):
+        return None
     method = load_method(run_dir)
     torch.manual_seed(seed)
     if method_name == "inpainting":
@@ -56,14 +59,16 @@ def pretext_score(run_dir: Path, method_name: str, test_images: torch.Tensor, se
     return {"metric": "pretext accuracy", "model": accs / n, "reference": {"chance": chance}}
 
 
-def run_one(method: str, ds_name: str, data, seed: int, budget, out: Path) -> dict:
-    path = out / "results" / f"{method}-{ds_name}-seed{seed}.json"
+def run_one(method: str, ds_name: str, data, seed: int, budget, out: Path, backbone: str | None = None,
+            tag: str = "") -> dict:
+    path = out / "results" / f"{method}{tag}-{ds_name}-seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    run_dir = out / f"{method}-{ds_name}-seed{seed}"
+    run_dir = out / f"{method}{tag}-{ds_name}-seed{seed}"
     t0 = time.time()
-    res = selfsup.train(method, data=data, out=run_dir, overwrite=True, progress=False, backbone=budget.backbone,
-                        time_limit=budget.minutes, epochs=budget.max_epochs, seed=seed)
+    res = selfsup.train(method, data=data, out=run_dir, overwrite=True, progress=False,
+                        backbone=backbone or budget.backbone, time_limit=budget.minutes, epochs=budget.max_epochs,
+                        seed=seed)
     train_min = (time.time() - t0) / 60
     ev = selfsup.evaluate(["knn", "linear"], checkpoint=run_dir, data=data, seed=seed, layer="auto")
     row = {"method": method, "data": ds_name, "seed": seed, "steps": res.steps,
@@ -96,6 +101,19 @@ def ms(xs) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
 
 
+def verdict(rs: list[dict], sub: list[dict]) -> str:
+    """Whether the mean of ``rs`` beats the means of both baselines, per probe (computed, not written)."""
+    if rs[0]["method"] in ("random", "pixels"):
+        return "—"
+    out = []
+    for probe in ("knn", "linear"):
+        mine = statistics.mean(r[probe] for r in rs)
+        lost = [b for b in ("random", "pixels")
+                if any(r["method"] == b for r in sub) and mine <= statistics.mean(r[probe] for r in sub if r["method"] == b)]
+        out.append("yes" if not lost else "no (" + ", ".join({"random": "random-init", "pixels": "pixels"}[b] for b in lost) + ")")
+    return " / ".join(out)
+
+
 def write_table(rows: list[dict], budget, seeds: int, command: str) -> str:
     lines = []
     for ds in DATASETS:
@@ -103,9 +121,9 @@ def write_table(rows: list[dict], budget, seeds: int, command: str) -> str:
         if not sub:
             continue
         lines += [f"\n**{ds}** ({DATASETS[ds]})\n",
-                  "| subject | kNN (best stage) | linear (best stage) | stage chosen on val (per seed) | val kNN of the final embedding | "
-                  "pretext: model | pretext: trivial reference | epochs in budget |",
-                  "|---|---:|---:|---|---:|---|---|---:|"]
+                  "| subject | kNN (best stage) | linear (best stage) | beats both baselines? kNN / linear | stage chosen on val (per seed) | "
+                  "val kNN of the final embedding | pretext: model | pretext: trivial reference | epochs in budget |",
+                  "|---|---:|---:|---|---|---:|---|---|---:|"]
         for name in ["rotation", "jigsaw", "colorization", "inpainting", "random", "pixels"]:
             rs = sorted([r for r in sub if r["method"] == name], key=lambda r: r["seed"])
             if not rs:
@@ -120,8 +138,8 @@ def write_table(rows: list[dict], budget, seeds: int, command: str) -> str:
                 ep = f"{statistics.mean(r['epochs'] for r in rs):.2f}"
             else:
                 model = ref = ep = "—"
-            lines.append(f"| {label} | {ms([r['knn'] for r in rs])} | {ms([r['linear'] for r in rs])} | {stages} | {final} "
-                         f"| {model} | {ref} | {ep} |")
+            lines.append(f"| {label} | {ms([r['knn'] for r in rs])} | {ms([r['linear'] for r in rs])} | {verdict(rs, sub)} "
+                         f"| {stages} | {final} | {model} | {ref} | {ep} |")
     return ("Command: `" + command + f"`. Budget `{budget.name}`: {budget.minutes:g} wall-clock minutes of training per "
             f"method, dataset and seed on this 2-core machine, backbone `{budget.backbone}`, each method's own defaults "
             f"(batch size, lr: `selfsup/methods/*.py`); {seeds} seed(s), mean ± sample std. Probes on the official test "
@@ -136,10 +154,10 @@ def main():
     ap.add_argument("--budget", default="cpu")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma list of method:dataset to run (default: the whole plan)")
-    ap.add_argument("--out", default="runs/bench-pretext")
+    ap.add_argument("--out", default=None, help="default runs/bench-BUDGET (results shared with the other benchmarks)")
     args = ap.parse_args()
     budget = get_budget(args.budget)
-    out = Path(args.out)
+    out = Path(args.out or f"runs/bench-{budget.name}")
     plan = PLAN if not args.only else [tuple(x.split(":", 1)) for x in args.only.split(",")]
     loaded = {ds: selfsup.load_dataset(spec) for ds, spec in DATASETS.items() if any(p[1] == ds for p in plan)}
     rows = []

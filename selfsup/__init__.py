@@ -8,10 +8,12 @@ Public API (imports are lazy: ``import selfsup`` loads nothing heavy and has no 
     selfsup.train("simclr", data="fashion-mnist", out="runs/simclr", epochs=5)
     selfsup.evaluate(["knn", "linear"], checkpoint="runs/simclr")
     selfsup.load_backbone("runs/simclr")   # plain nn.Module with its normalisation
+    selfsup.finetune(checkpoint="runs/mae", label_fraction=0.1)   # or baseline="supervised"
+    selfsup.zeroshot("runs/clip"), selfsup.retrieval("runs/clip")
 """
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "BACKBONES", "create_backbone", "load_backbone", "train", "evaluate", "load_dataset", "SelfSupError"]
+__all__ = ["METHODS", "BACKBONES", "create_backbone", "load_backbone", "train", "evaluate", "finetune", "zeroshot", "retrieval", "load_dataset", "SelfSupError"]
 
 
 def __getattr__(name):
@@ -27,6 +29,12 @@ def __getattr__(name):
     if name in ("evaluate", "load_backbone"):
         from .eval import evaluate as ev
         return getattr(ev, name)
+    if name in ("zeroshot", "retrieval"):
+        from .eval import zeroshot as zs
+        return getattr(zs, name)
+    if name == "finetune":
+        from .eval.finetune import finetune
+        return finetune
     if name == "load_dataset":
         from .data.datasets import load_dataset
         return load_dataset

@@ -61,11 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a backbone or a baseline with a probe")
-    e.add_argument("protocol", choices=["knn", "linear"])
+    e.add_argument("protocol", choices=["knn", "linear", "finetune", "zeroshot", "retrieval"])
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run folder (or its backbone.safetensors)")
-    src.add_argument("--baseline", choices=["random", "pixels"], help="a randomly initialised backbone or the raw pixels")
-    e.add_argument("--backbone", default=None, help="architecture of the random baseline")
+    src.add_argument("--baseline", choices=["random", "pixels", "supervised"],
+                     help="a randomly initialised backbone or the raw pixels (knn, linear); supervised: the same "
+                          "network trained from scratch on the same labels (finetune)")
+    e.add_argument("--backbone", default=None, help="architecture of the random / supervised baseline")
     e.add_argument("--data", default=None, help="labelled dataset (default: the run's training data)")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--label-fraction", type=float, default=1.0, help="stratified fraction of train labels used, in (0, 1]")
@@ -81,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score on the test split, or on a held-out part of train (for choosing settings)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/eval/PROTOCOL.json)")
+    e.add_argument("--lrs", default=None, help="finetune: comma-separated learning rates, chosen on a held-out sixth "
+                                               "of the labelled images (default: one, the supervised method's)")
+    e.add_argument("--epochs", type=float, default=None, help="finetune: epochs over the labelled images")
+    e.add_argument("--time-limit", type=float, default=0.0, help="finetune: minutes per training run")
+    e.add_argument("--batch-size", type=int, default=None, help="finetune: batch size (default 128)")
+    e.add_argument("--classes", default=None, help="zeroshot: comma-separated class names (default: the dataset's)")
+    e.add_argument("--template", action="append", default=[], metavar="TEXT",
+                   help='zeroshot: a prompt template with {} for the class name, e.g. "a photo of a {}." (repeatable)')
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="finetune: a training or supervised-method setting (backbone_lr_scale, layer_decay, "
+                        "freeze_stages, weight_decay, ...)")
 
     d = sub.add_parser("data", help="list datasets or describe one")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -134,6 +147,20 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .eval.evaluate import evaluate
 
+    if args.protocol == "finetune":
+        return _finetune(args)
+    if args.protocol in ("zeroshot", "retrieval"):
+        return _zeroshot(args)
+    for opt, given in (("--classes", args.classes), ("--template", args.template)):
+        if given:
+            raise SelfSupError(f"{opt} applies to eval zeroshot only")
+    if args.baseline == "supervised":
+        raise SelfSupError("--baseline supervised is fine-tuning's from-scratch arm: use it with eval finetune")
+    for opt, given in (("--lrs", args.lrs), ("--epochs", args.epochs), ("--time-limit", args.time_limit),
+                       ("--batch-size", args.batch_size), ("--set", args.set)):
+        if given:
+            raise SelfSupError(f"{opt} applies to eval finetune only")
+
     res = evaluate([args.protocol], checkpoint=args.checkpoint, data=args.data, baseline=args.baseline,
                    backbone=args.backbone, label_fraction=args.label_fraction, seed=args.seed, k=args.k,
                    temperature=args.temperature, layer=args.layer, pool=args.pool, device=args.device,
@@ -141,6 +168,59 @@ def _eval(args) -> int:
     who = res.get("checkpoint") or f"{res['baseline']} baseline"
     print(f"{args.protocol} accuracy {res['accuracy']:.4f} ({who}, {res['data']}, "
           f"{res['n_train']} train / {res['n_test']} test, label fraction {res['label_fraction']:g})")
+    if "written_to" in res:
+        print(f"written to {res['written_to']}")
+    return 0
+
+
+def _zeroshot(args) -> int:
+    from .eval.zeroshot import retrieval, zeroshot
+
+    if args.checkpoint is None:
+        raise SelfSupError(f"eval {args.protocol} needs --checkpoint RUN_DIR (a clip run); baselines have no text tower")
+    if args.protocol == "zeroshot":
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        res = zeroshot(args.checkpoint, data=args.data, classes=classes, templates=args.template or None, on=args.on,
+                       seed=args.seed, data_dir=args.data_dir, out=args.out)
+        print(f"zeroshot accuracy {res['accuracy']:.4f} (chance {res['chance']:.4f}; {res['data']}, {res['n_test']} images, "
+              f"{len(res['classes'])} classes, {len(res['templates'])} template(s))")
+    else:
+        if args.classes or args.template:
+            raise SelfSupError("--classes and --template apply to eval zeroshot only")
+        res = retrieval(args.checkpoint, data=args.data, on=args.on, seed=args.seed, data_dir=args.data_dir, out=args.out)
+        fmt = lambda d: " ".join(f"{k} {v:.3f}" for k, v in d.items())  # noqa: E731
+        print(f"image->text {fmt(res['image_to_text'])}; text->image {fmt(res['text_to_image'])} "
+              f"({res['data']}, {res['n_test']} pairs)")
+    print(f"written to {res['written_to']}")
+    return 0
+
+
+def _finetune(args) -> int:
+    from .eval.finetune import finetune
+
+    if args.baseline in ("random", "pixels"):
+        raise SelfSupError("eval finetune compares with --baseline supervised (random and pixels are frozen-feature baselines)")
+    for opt, given in (("--layer", args.layer), ("--pool", args.pool)):
+        if given is not None:
+            raise SelfSupError(f"{opt} applies to knn and linear only (fine-tuning trains the whole backbone)")
+    for opt, given in (("--classes", args.classes), ("--template", args.template)):
+        if given:
+            raise SelfSupError(f"{opt} applies to eval zeroshot only")
+    from .config import parse_set
+    settings = parse_set(args.set)
+    lrs = None
+    if args.lrs:
+        try:
+            lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
+        except ValueError:
+            raise SelfSupError(f"--lrs {args.lrs}: expected comma-separated numbers") from None
+    res = finetune(checkpoint=args.checkpoint, data=args.data, baseline=args.baseline, backbone=args.backbone,
+                   label_fraction=args.label_fraction, seed=args.seed, lrs=lrs, epochs=args.epochs,
+                   time_limit=args.time_limit, batch_size=args.batch_size, on=args.on, device=args.device,
+                   data_dir=args.data_dir, out=args.out, **settings)
+    who = res.get("checkpoint") or "supervised from scratch"
+    print(f"finetune accuracy {res['accuracy']:.4f} ({who}, {res['backbone']}, {res['data']}, {res['n_train']} train / "
+          f"{res['n_test']} test, label fraction {res['label_fraction']:g}, lr {res['lr']:g}, {res['epochs']} epochs)")
     if "written_to" in res:
         print(f"written to {res['written_to']}")
     return 0

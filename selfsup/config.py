@@ -25,6 +25,7 @@ class TrainConfig:
     lr: float = 1e-3                        # peak learning rate (not scaled by batch size)
     weight_decay: float = 1e-4              # not applied to biases and norm weights
     momentum: float = 0.9                   # sgd / lars
+    beta2: float = 0.999                    # adamw's second-moment decay (MAE: 0.95)
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0               # cosine floor, as a fraction of lr
     grad_clip: float = 0.0                  # max gradient norm; 0 = off

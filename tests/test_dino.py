@@ -285,3 +285,25 @@ def test_two_processes_hold_the_teacher_and_centre_of_one_with_doubled_batch(tmp
     for k in single:
         assert torch.equal(r0[k], r1[k]), k
         assert torch.allclose(r0[k], single[k], rtol=1e-4, atol=1e-6), k
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_saved_backbone_is_the_teacher_unless_asked(tmp_path, which):
+    """The paper evaluates the EMA teacher: backbone.safetensors and, for an interrupted run, the
+    checkpoint both give it (``eval_backbone=student`` gives the student)."""
+    import selfsup
+    from selfsup.engine.train import load_method
+    from selfsup.eval.evaluate import load_backbone
+    run = tmp_path / "run"
+    selfsup.train("dino", data=tiny_images(64, 1, 16), out=run, backbone="resnet18_quarter", epochs=1, batch_size=32,
+                  progress=False, eval_backbone=which, out_dim=64, hidden_dim=32, bottleneck_dim=16)
+    method = load_method(run)
+    want, other = method.teacher_backbone.state_dict(), method.backbone.state_dict()
+    if which == "student":
+        want, other = other, want
+    saved = load_backbone(run).backbone.state_dict()
+    (run / "backbone.safetensors").unlink()
+    from_ckpt = load_backbone(run).backbone.state_dict()
+    for got in (saved, from_ckpt):
+        assert all(torch.equal(v, want[k]) for k, v in got.items())
+        assert not all(torch.equal(v, other[k]) for k, v in got.items())

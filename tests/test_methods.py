@@ -13,10 +13,19 @@ from selfsup.methods.base import DataInfo
 from conftest import tiny_images
 
 
+CAPTIONS = [f"a {size} {colour} {thing}" for size in ("small", "large") for colour in ("red", "blue", "green", "grey")
+            for thing in ("arrow", "house", "tree")]
+
+
+def _backbone(name: str) -> str:
+    """The small CPU backbone, or the method's own default where it needs another kind (MAE: a ViT)."""
+    return METHODS[name].train_defaults.get("backbone", "resnet18_quarter")
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 @pytest.mark.parametrize("channels", [1, 3])
 def test_one_training_step_through_the_registry(name, channels):
-    cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
+    cfg, mcfg = resolve_config(name, {"backbone": _backbone(name)})
     info = DataInfo(channels=channels, image_size=16, mean=[0.5] * channels, std=[0.25] * channels, num_classes=2)
     if METHODS[name].input_space == "lab_l" and channels == 1:  # colour from lightness: refuses grey data
         with pytest.raises(SelfSupError, match="colour"):
@@ -25,6 +34,9 @@ def test_one_training_step_through_the_registry(name, channels):
     method = build_method(cfg, mcfg, info)
     images = tiny_images(16, channels, 16)
     batch = {"images": images, "labels": torch.arange(16) % 2} if method.uses_labels else {"images": images}
+    if method.uses_captions:
+        batch["captions"] = CAPTIONS[:16]
+        method.prepare_text(CAPTIONS)
     params = [p for p in method.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     opt = torch.optim.SGD(params, lr=0.1)
@@ -45,7 +57,7 @@ def test_pictures_are_written_as_png_grids(name, tmp_path):
     from PIL import Image
 
     from selfsup.data.datasets import ImageSet
-    cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
+    cfg, mcfg = resolve_config(name, {"backbone": _backbone(name)})
     method = build_method(cfg, mcfg, DataInfo(3, 16, [0.5] * 3, [0.25] * 3, num_classes=2))
     paths = write_pictures(method, ImageSet(tiny_images(12, 3, 16)), tmp_path, seed=0)
     assert method.training, "write_pictures must restore train mode"
@@ -60,7 +72,7 @@ def test_methods_never_read_labels_unless_marked(name):
     cls = METHODS[name]
     if cls.uses_labels:
         return
-    cfg, mcfg = resolve_config(name, {"backbone": "resnet18_quarter"})
+    cfg, mcfg = resolve_config(name, {"backbone": _backbone(name)})
     channels = 3 if cls.input_space == "lab_l" else 1
     method = build_method(cfg, mcfg, DataInfo(channels, 16, [0.5] * channels, [0.25] * channels))
 
@@ -68,7 +80,11 @@ def test_methods_never_read_labels_unless_marked(name):
         def __getitem__(self, key):
             assert key != "labels", f"{name} read the labels"
             return super().__getitem__(key)
-    loss, _ = method(NoLabels(images=tiny_images(8, channels, 16)))
+    batch = NoLabels(images=tiny_images(8, channels, 16))
+    if method.uses_captions:
+        method.prepare_text(CAPTIONS)
+        batch["captions"] = CAPTIONS[:8]
+    loss, _ = method(batch)
     assert torch.isfinite(loss)
 
 

@@ -183,7 +183,7 @@ def load_dataset(spec: str, data_dir: str | None = None, download: bool = False,
     """Resolve a dataset name (``fashion-mnist``, ``shapes``, with ``:key=value`` options) or a path.
 
     A path may be a folder of images (class sub-folders give labels, ``train/``/``test/`` give
-    splits). Unknown names and missing paths raise :class:`SelfSupError` naming them.
+    splits) or an image-caption file (``.csv`` / ``.jsonl``, :mod:`selfsup.data.captions`). Unknown names and missing paths raise :class:`SelfSupError` naming them.
     """
     from . import fashion_mnist, folder, photos, shapes  # noqa: F401  (registers the built-in datasets)
 
@@ -194,5 +194,9 @@ def load_dataset(spec: str, data_dir: str | None = None, download: bool = False,
     if path.exists():
         if path.is_dir():
             return folder.load_folder(path, options=options, strict=strict)
-        raise SelfSupError(f"--data {spec}: is a file; expected a folder of images or a dataset name ({', '.join(sorted(DATASETS))})")
+        from . import captions
+        if path.suffix.lower() in captions.SUFFIXES:
+            return captions.load_captions(path, options=options, strict=strict)
+        raise SelfSupError(f"--data {spec}: is a file; expected a folder of images, an image-caption file "
+                           f"(.csv, .jsonl) or a dataset name ({', '.join(sorted(DATASETS))})")
     raise SelfSupError(f"--data {spec}: no such dataset or path (known datasets: {', '.join(sorted(DATASETS))})")

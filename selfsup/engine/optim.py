@@ -36,23 +36,38 @@ class LARS(torch.optim.Optimizer):
                 p.add_(mu, alpha=-group["lr"])
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay; biases, norm weights and other 1-D parameters without."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, scale_of=None) -> list[dict]:
+    """Weights with decay; biases, norm weights and other 1-D parameters without. With
+    ``scale_of(name) -> float`` each group also carries an ``lr_scale`` (the engine multiplies the
+    scheduled rate by it): one pair of groups per distinct scale."""
+    groups: dict[tuple, dict] = {}
+
+    def group(scale: float, no_decay: bool) -> dict:
+        key = (scale, no_decay)
+        if key not in groups:
+            groups[key] = dict(params=[], weight_decay=0.0 if no_decay else weight_decay, lr_scale=scale)
+            if no_decay:
+                groups[key]["lars_exclude"] = True
+        return groups[key]
+
+    if scale_of is None:   # always the same two groups, decay first
+        group(1.0, False), group(1.0, True)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay),
-            dict(params=no_decay, weight_decay=0.0, lars_exclude=True)]
+        no_decay = p.ndim <= 1 or name.endswith(".bias")
+        group(1.0 if scale_of is None else float(scale_of(name)), no_decay)["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], k[1]))]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
-    groups = param_groups(model, weight_decay)
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    beta2: float = 0.999):
+    custom = getattr(model, "optimizer_groups", None)
+    groups = (custom(weight_decay) if callable(custom) else None) or param_groups(model, weight_decay)
     if name == "adamw":
         for g in groups:
             g.pop("lars_exclude", None)
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
     if name == "sgd":
         for g in groups:
             g.pop("lars_exclude", None)

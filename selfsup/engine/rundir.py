@@ -16,7 +16,8 @@ import torch
 
 from ..errors import SelfSupError
 
-RUN_FILES = ("config.json", "provenance.json", "metrics.jsonl", "checkpoint.pt", "backbone.safetensors", "report.html")
+RUN_FILES = ("config.json", "provenance.json", "metrics.jsonl", "checkpoint.pt", "backbone.safetensors", "report.html",
+             "tokenizer.json")
 RUN_DIRS = ("pictures", "eval")
 
 

@@ -48,6 +48,8 @@ def validate(cfg: TrainConfig) -> None:
     for name, ok in checks:
         if not ok:
             raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every') else 'non-negative'}, got {getattr(cfg, name)}")
+    if not 0 <= cfg.beta2 < 1:
+        raise SelfSupError(f"--set beta2={cfg.beta2}: must be in [0, 1)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise SelfSupError(f"--device {cfg.device}: expected auto, cpu or cuda")
     if cfg.backbone not in models.BACKBONES:
@@ -177,7 +179,14 @@ def backbone_meta(cfg: TrainConfig, info: DataInfo) -> dict:
 
 
 def prepare_method(method: Method, images, seed: int) -> None:
-    """Give ``method.prepare`` its seeded sample of training images (once, before a new run)."""
+    """Give ``method.prepare`` its seeded sample of training images, and a caption method every
+    training caption (once, before a new run)."""
+    if method.uses_captions:
+        captions = getattr(images, "captions", None)
+        if captions is None:
+            raise SelfSupError(f"{type(method).__name__.lower()} needs image-caption data: a captions CSV/JSONL file "
+                               "(path.csv or path.jsonl with image and caption columns) or shapes")
+        method.prepare_text(list(captions))
     n = method.prepare_samples
     if not n:
         return
@@ -250,7 +259,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
     model = method
     if world > 1:
         model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.beta2)
     spe = source.steps_per_epoch
     total = max(1, math.ceil(cfg.epochs * spe))
     warmup_steps = round(cfg.warmup_epochs * spe)
@@ -310,7 +319,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                 if cfg.time_limit:
                     prog = max(prog, (elapsed_before + now - t0) / (cfg.time_limit * 60))
                 for g in optimizer.param_groups:
-                    g["lr"] = warmup_cosine(step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio)
+                    g["lr"] = warmup_cosine(step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio) * g.get("lr_scale", 1.0)
                 method.progress = min(prog, 1.0)   # schedules of the method (EMA momentum, temperatures) read it
                 torch.manual_seed(_step_seed(cfg.seed, step, rank))
                 batch = _to_device(batch, device)
@@ -406,7 +415,9 @@ def train(method: str = "simclr", data=None, out: str | Path | None = None, resu
     source = BatchSource(images, cfg.batch_size, cfg.seed, rank, world, cfg.num_workers)
     result = fit(method_module, source, cfg, run_dir, device, resume_state=saved, progress=progress, method_cfg=method_cfg)
     if run_dir is not None and rank == 0:
-        save_backbone(method_module.backbone, backbone_meta(cfg, info), run_dir / "backbone.safetensors")
+        save_backbone(method_module.export_backbone(), backbone_meta(cfg, info), run_dir / "backbone.safetensors")
+        for name, text in method_module.run_files().items():
+            (run_dir / name).write_text(text)
         write_pictures(method_module, images, run_dir, cfg.seed)
     return result
 

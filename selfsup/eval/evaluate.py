@@ -39,7 +39,8 @@ def load_backbone(run_dir: str | Path) -> models.Encoder:
         ckpt = load_checkpoint(run_dir)
         cfg = ckpt["config"]
         info = rundir_json(run_dir).get("data_info", {})
-        state = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
+        prefix = get_method(cfg["method"]).export_prefix(cfg.get("method_config", {}))
+        state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
         meta = {"backbone": cfg["backbone"], "in_chans": info.get("channels", 3), "img_size": info.get("image_size", 32),
                 "mean": info.get("mean", [0.5]), "std": info.get("std", [0.5]), "method": cfg["method"],
                 "input_space": get_method(cfg["method"]).input_space}

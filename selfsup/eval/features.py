@@ -32,11 +32,12 @@ def candidates(encoder: nn.Module) -> list[tuple[int | None, str | None]]:
     return [(i, pool) for i in range(1, n)] + [(None, None)]
 
 
-def _features(encoder: nn.Module, x: torch.Tensor, layer: int | None, pool: str | None) -> torch.Tensor:
+def _pool(backbone: nn.Module, f: torch.Tensor, layer: int | None, pool: str | None) -> torch.Tensor:
+    """One stage's output as vectors: the backbone's own pooling for the final embedding, else
+    ``pool`` over ViT tokens (3-D) or a ResNet map (4-D, :func:`pool_map`)."""
     if layer is None and pool is None:
-        return encoder(x)
-    feats = encoder.forward_features(x, stage=layer)
-    return encoder.backbone.pool(feats, pool) if feats.dim() == 3 else pool_map(feats, pool)
+        return backbone.pool(f)
+    return backbone.pool(f, pool) if f.dim() == 3 else pool_map(f, pool)
 
 
 @torch.no_grad()
@@ -46,17 +47,16 @@ def extract_many(encoder: nn.Module, images: torch.Tensor, choices, batch_size: 
     was_training = encoder.training
     encoder.eval().to(device)
     bb = encoder.backbone
+    for layer, _ in choices:
+        if layer is not None and not 1 <= layer <= bb.num_stages:
+            raise SelfSupError(f"--layer {layer}: this backbone has stages 1 to {bb.num_stages}")
     out = {c: [] for c in choices}
     try:
         for i in range(0, len(images), batch_size):
             stages = bb.forward_stages(encoder.normalize(images[i:i + batch_size].to(device)))
             for layer, pool in choices:
                 f = stages[(layer or len(stages)) - 1]
-                if layer is None and pool is None:
-                    v = bb.pool(f)
-                else:
-                    v = bb.pool(f, pool) if f.dim() == 3 else pool_map(f, pool)
-                out[(layer, pool)].append(v.float().cpu())
+                out[(layer, pool)].append(_pool(bb, f, layer, pool).float().cpu())
     finally:
         encoder.train(was_training)
     return {c: torch.cat(v) for c, v in out.items()}
@@ -71,16 +71,7 @@ def extract(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, dev
     stage or ViT block, 1-based); ``pool`` is "avg" | "grid" for a ResNet map (:func:`pool_map`)
     or "cls" | "mean" for a ViT's tokens. The encoder's train/eval mode is restored afterwards.
     """
-    was_training = encoder.training
-    encoder.eval().to(device)
-    out = []
-    try:
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(device)
-            out.append(_features(encoder, x, layer, pool).float().cpu())
-    finally:
-        encoder.train(was_training)
-    return torch.cat(out)
+    return extract_many(encoder, images, [(layer, pool)], batch_size, device)[(layer, pool)]
 
 
 def raw_pixels(images: torch.Tensor, mean, std) -> torch.Tensor:

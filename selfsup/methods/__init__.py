@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from ..errors import SelfSupError
 from .base import DataInfo, Method
+from .clip import CLIP
 from .colorization import Colorization
 from .dino import DINO
 from .inpainting import Inpainting
 from .jigsaw import Jigsaw
+from .mae import MAE
 from .moco import MoCo, MoCoV3
 from .rotation import Rotation
 from .simclr import SimCLR
+from .supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     "rotation": Rotation,
@@ -20,6 +23,9 @@ METHODS: dict[str, type[Method]] = {
     "moco": MoCo,
     "mocov3": MoCoV3,
     "dino": DINO,
+    "mae": MAE,
+    "clip": CLIP,
+    "supervised": Supervised,   # uses labels: the from-scratch baseline, and fine-tuning's training
 }
 
 

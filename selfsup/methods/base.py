@@ -28,10 +28,13 @@ class Method(nn.Module):
     ``progress`` is the fraction of training done, in [0, 1], set by the engine before each step:
     by steps, or by wall-clock under ``--time-limit`` (where ``total_steps`` is only a cap), so
     schedules (EMA momentum towards 1, temperature warm-up, a frozen last layer) should read it.
+    ``uses_captions`` methods get ``batch["captions"]`` (a list of strings) and, once before a new
+    run, ``prepare_text(captions)`` with every training caption (CLIP's tokenizer).
     ``prepare(images)`` runs once before the first step of a new run (not on resume: what it
     computes belongs in buffers, which the checkpoint keeps) with a seeded sample of the
     training images, uint8 (N, C, H, W), for statistics of the data (colorization's bin prior).
-    ``backbone`` is what evaluation and export take. ``input_space`` says what the backbone
+    ``export_backbone()`` is what evaluation and export take (``backbone`` unless a method says
+    otherwise, e.g. DINO's EMA teacher). ``input_space`` says what the backbone
     sees: "rgb" (the images' own channels, normalised) or "lab_l" (the Lab lightness of RGB
     images, one channel: ``selfsup.data.color.lightness_input``); evaluation feeds the same.
     ``pictures(batch)`` returns named image tensors; the engine writes each as one PNG grid
@@ -40,6 +43,7 @@ class Method(nn.Module):
 
     Config: ClassVar[type]
     uses_labels: ClassVar[bool] = False
+    uses_captions: ClassVar[bool] = False
     primary_eval: ClassVar[str] = "knn"
     train_defaults: ClassVar[dict] = {}
     input_space: ClassVar[str] = "rgb"
@@ -57,6 +61,24 @@ class Method(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> None:
         pass
+
+    def run_files(self) -> dict[str, str]:
+        """Extra text files for the run folder at the end of training, by name (CLIP's tokenizer)."""
+        return {}
+
+    def export_backbone(self) -> nn.Module:
+        """The backbone saved for evaluation and export at the end of training."""
+        return self.backbone
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict] | None:
+        """Parameter groups for the optimiser (each may carry an ``lr_scale``); None: the default
+        two groups, with and without weight decay."""
+        return None
+
+    @classmethod
+    def export_prefix(cls, method_cfg: dict) -> str:
+        """Where ``export_backbone()`` sits in the method's state dict (for interrupted runs)."""
+        return "backbone."
 
     def pictures(self, batch: dict) -> dict[str, torch.Tensor]:
         """Images (N, C, H, W) in [0, 1] that show what the method does, by name; none by default."""

@@ -31,6 +31,7 @@ from torch import nn
 from ..data.augment import resized_crop, sample_crop_boxes, to_float
 from ..data.color import lab_to_rgb, rgb_to_lab
 from ..errors import SelfSupError
+from ..models import feature_map
 from .base import DataInfo, Method
 
 AB_SCALE = 110.0   # |a|, |b| <= ~110 for sRGB: regression predicts ab / AB_SCALE
@@ -101,7 +102,7 @@ class Colorization(Method):
         was_training, p = backbone.training, next(backbone.parameters())
         backbone.eval()
         with torch.no_grad():
-            f = self.feature_map(torch.zeros(1, 1, data.image_size, data.image_size, device=p.device, dtype=p.dtype))
+            f = feature_map(self.backbone, torch.zeros(1, 1, data.image_size, data.image_size, device=p.device, dtype=p.dtype))
         backbone.train(was_training)
         d = cfg.decoder_dim
         layers = [nn.Conv2d(f.shape[1], d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True)]
@@ -112,18 +113,9 @@ class Colorization(Method):
         self.decoder = nn.Sequential(*layers)
 
     # ------------------------------------------------------------------ pieces
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features as a map (B, C, h, w); ViT patch tokens (B, 1 + N, D) are reshaped."""
-        f = self.backbone.forward_features(x)
-        if f.dim() == 3:
-            t = f[:, 1:]                                            # drop the CLS token
-            g = math.isqrt(t.shape[1])
-            f = t.transpose(1, 2).reshape(len(t), -1, g, g)
-        return f
-
     def predict(self, lightness: torch.Tensor) -> torch.Tensor:
         """Input (B, 1, S, S) -> logits (B, Q, S/out_stride, S/out_stride), or ab / 110 (B, 2, ...) for regression."""
-        out = self.decoder(self.feature_map(lightness))
+        out = self.decoder(feature_map(self.backbone, lightness))
         size = lightness.shape[-1] // self.cfg.out_stride
         if out.shape[-1] != size:    # sizes that are not a power-of-2 multiple of the feature grid
             out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)

@@ -21,7 +21,7 @@ resnet18_quarter collapsed to ln K within 60 steps on Fashion-MNIST and shapes.
 The last layer is frozen by zeroing its gradient (a hook on its parameters: the engine steps the
 optimiser right after backward). AdamW then leaves it unchanged up to weight decay of v, which
 a weight-normalised layer with g fixed ignores; the paper sets the gradient to None instead.
-``backbone`` is the student; the paper evaluates the teacher.
+Evaluation and export take the teacher's backbone, as the paper does (``eval_backbone``).
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ class Config:
     solarize_p: float = 0.2             # on the second global crop only
     collapse_tol: float = 0.05          # warn once when KL < tol ln K and the teacher entropy is within tol ln K of ln K or 0
     collapse_after: float = 0.1         # ... from this fraction of training on
+    eval_backbone: str = "teacher"      # saved for evaluation/export: "teacher" (the paper) | "student"
 
 
 class DINOHead(nn.Module):
@@ -210,6 +211,13 @@ class DINO(Method):
         ema_update(self.teacher_backbone, self.backbone, m)
         ema_update(self.teacher_head, self.head, m)
 
+    def export_backbone(self) -> nn.Module:
+        return self.teacher_backbone if self.cfg.eval_backbone == "teacher" else self.backbone
+
+    @classmethod
+    def export_prefix(cls, method_cfg: dict) -> str:
+        return "teacher_backbone." if method_cfg.get("eval_backbone", "teacher") == "teacher" else "backbone."
+
     def _check_collapse(self, entropy: torch.Tensor, kl: torch.Tensor) -> None:
         """Warn once per run on either collapse of the paper (sec. 5.3): the student matches the
         teacher (KL near 0) and the teacher is uniform (entropy ln K, loss ln K) or one-hot (entropy
@@ -232,10 +240,10 @@ class DINO(Method):
 
     # ---------------------------------------------------------------- pictures
     def attention(self, images: torch.Tensor) -> torch.Tensor:
-        """CLS attention maps of the (student) ViT backbone, (B, heads, H/p, W/p), for uint8 ``images``."""
+        """CLS attention maps of the exported ViT backbone (the teacher by default), (B, heads, H/p, W/p), for uint8 ``images``."""
         from ..data.augment import normalize, to_float
         from ..eval.attention import cls_attention
-        return cls_attention(self.backbone, normalize(to_float(images), self.data.mean, self.data.std))
+        return cls_attention(self.export_backbone(), normalize(to_float(images), self.data.mean, self.data.std))
 
     def pictures(self, batch: dict):
         images = batch["images"][:8]
@@ -243,9 +251,9 @@ class DINO(Method):
         size = crops[0].shape[-1]
         crops = [c if c.shape[-1] == size else F.interpolate(c, size=size, mode="nearest") for c in crops]
         pics = {"views": denormalize(torch.cat(crops), self.data)}
-        if hasattr(self.backbone, "vit"):
+        if hasattr(self.export_backbone(), "vit"):
             from ..eval.attention import attention_pictures
-            pics["attention"] = attention_pictures(self.backbone, images, self.data.mean, self.data.std)
+            pics["attention"] = attention_pictures(self.export_backbone(), images, self.data.mean, self.data.std)
         return pics
 
 
@@ -263,6 +271,7 @@ def _check(cfg: Config) -> None:
         ("global_crop_min", 0 <= cfg.global_crop_min <= 1, "in [0, 1]"),
         ("local_crop_min", 0 < cfg.local_crop_min <= 1, "in (0, 1]"), ("local_size", cfg.local_size >= 0, "non-negative"),
     ]
+    checks.append(("eval_backbone", cfg.eval_backbone in ("teacher", "student"), "teacher or student"))
     gmin = cfg.global_crop_min or (0.4 if cfg.n_local else 0.2)
     if cfg.n_local:
         checks.append(("local_crop_min", cfg.local_crop_min < gmin, f"below the global crops' minimum {gmin}"))

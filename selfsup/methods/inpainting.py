@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
+from ..models import feature_map
 from .base import DataInfo, Method, denormalize
 
 
@@ -148,7 +149,7 @@ class Inpainting(Method):
         S, C = data.image_size, data.channels
         with torch.no_grad():   # the feature grid decides how many x2 stages the decoder needs
             was = backbone.training
-            grid = self.feature_map(backbone.eval(), torch.zeros(1, C, S, S)).shape[-1]
+            grid = feature_map(backbone.eval(), torch.zeros(1, C, S, S)).shape[-1]
             backbone.train(was)
         width = d = cfg.decoder_width
         layers = [nn.Conv2d(backbone.embed_dim, d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True)]
@@ -179,16 +180,6 @@ class Inpainting(Method):
             if not ok:
                 raise SelfSupError(f"--set {name}={getattr(cfg, name)}: {why}")
 
-    @staticmethod
-    def feature_map(backbone, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features as a map (B, D, h, w); ViT tokens (B, 1 + h*w, D) lose the CLS token."""
-        f = backbone.forward_features(x)
-        if f.dim() == 3:
-            B, L, D = f.shape
-            g = math.isqrt(L - 1)
-            f = f[:, 1:].transpose(1, 2).reshape(B, D, g, g)
-        return f
-
     def masks(self, n: int, device, mode: str | None = None, generator=None):
         """(region, hole), bool (n, 1, S, S) on ``device``: what is predicted, and what is hidden."""
         cfg = self.cfg
@@ -198,7 +189,7 @@ class Inpainting(Method):
 
     def predict(self, x: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         """Normalised pixels (B, C, H, W) predicted from ``x`` (normalised) with its hole set to the mean (0)."""
-        f = self.feature_map(self.backbone, x.masked_fill(hole, 0.0))
+        f = feature_map(self.backbone, x.masked_fill(hole, 0.0))
         out = self.decoder(f)
         if out.shape[-2:] != x.shape[-2:]:
             out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -2,6 +2,7 @@
 ``forward_features(x)`` (feature map or tokens) and ``forward(x)`` (pooled embedding)."""
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
@@ -42,6 +43,17 @@ def create_backbone(name: str, in_chans: int = 3, img_size: int = 32, **kw) -> n
 
 
 INPUT_SPACES = ("rgb", "lab_l")
+
+
+def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's last features as a spatial map (B, D, h, w): a ResNet's own map, or a ViT's
+    patch tokens (B, 1 + h*w, D) without the CLS token, laid back on their square grid."""
+    f = backbone.forward_features(x)
+    if f.dim() == 3:
+        tokens = f[:, 1:]
+        g = math.isqrt(tokens.shape[1])
+        f = tokens.transpose(1, 2).reshape(len(tokens), -1, g, g)
+    return f
 
 
 def input_channels(input_space: str, data_channels: int) -> int:

@@ -1,0 +1,104 @@
+"""Choosing a method's defaults on the validation part of a dataset's train split (any method).
+
+Each trial pretrains for a fixed wall-clock budget with some settings over the method's current
+defaults, then scores kNN (k=200, T=0.1) and the linear probe with a held-out stratified 1/6 of the
+train split as queries (``eval --on val``), on the stage chosen by ``--layer auto`` inside the other
+5/6: the test split is never looked at. The random-init backbone and raw pixels get the same probes
+on the same split. Rows accumulate in benchmarks/results/tune-METHOD-DATA.json and the table is
+rewritten into BENCHMARKS.md (section tune-METHOD-DATA).
+
+    python benchmarks/tune.py jigsaw --data fashion-mnist --minutes 3 --trial "" --trial "lr=0.001"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import selfsup  # noqa: E402
+from record import record  # noqa: E402
+from selfsup.budgets import get_budget  # noqa: E402
+
+
+def parse_trial(text: str) -> dict:
+    out = {}
+    for part in filter(None, text.split(",")):
+        k, _, v = part.partition("=")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def probe(**kw) -> dict:
+    ev = selfsup.evaluate(["knn", "linear"], on="val", **kw)
+    return {"val_knn": round(ev["knn"]["accuracy"], 4), "val_linear": round(ev["linear"]["accuracy"], 4),
+            "layer": ev["knn"].get("layer")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("method")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--budget", default="cpu", help="named budget: its backbone and minutes (--minutes overrides)")
+    ap.add_argument("--minutes", type=float, default=None)
+    ap.add_argument("--backbone", default=None)
+    ap.add_argument("--trial", action="append", default=[], help="comma-separated key=value settings ('' = defaults)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/tuning")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the BENCHMARKS.md table from the results file")
+    args = ap.parse_args()
+    budget = get_budget(args.budget)
+    minutes = args.minutes or budget.minutes
+    backbone = args.backbone or budget.backbone
+    slug = f"{args.method}-{args.data.split(':')[0]}"
+    results = HERE / "results" / f"tune-{slug}.json"
+    state = json.loads(results.read_text()) if results.exists() else {"baselines": {}, "rows": []}
+    data = selfsup.load_dataset(args.data)
+
+    def save():
+        results.parent.mkdir(exist_ok=True)
+        results.write_text(json.dumps(state, indent=1) + "\n")
+
+    for kind in ("pixels", f"random:{backbone}"):
+        if kind not in state["baselines"]:
+            kw = {"baseline": "pixels"} if kind == "pixels" else {"baseline": "random", "backbone": backbone, "layer": "auto"}
+            state["baselines"][kind] = probe(data=data, seed=args.seed, **kw)
+            print(kind, state["baselines"][kind], flush=True)
+            save()
+    for trial in ([] if args.table_only else args.trial or [""]):
+        settings = parse_trial(trial)
+        run_dir = Path(args.out) / slug / (trial.replace(",", "_").replace("=", "") or "defaults")
+        t0 = time.time()
+        res = selfsup.train(args.method, data=data, out=run_dir, overwrite=True, progress=False, backbone=backbone,
+                            time_limit=minutes, epochs=budget.max_epochs, seed=args.seed, **settings)
+        train_s = time.time() - t0
+        row = {"settings": trial or "(defaults)", "backbone": backbone, "minutes": minutes, "seed": args.seed,
+               "steps": res.steps, "epochs": round(res.steps * res.config.batch_size / len(data.train), 2),
+               "train_s": round(train_s), **probe(checkpoint=run_dir, data=data, seed=args.seed, layer="auto"),
+               "config": json.loads((run_dir / "config.json").read_text())}
+        print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
+        state["rows"].append(row)
+        save()
+    b = state["baselines"]
+    table = ["| settings (over the defaults of the time) | backbone | budget (min) | seed | epochs | stage | val kNN | val linear |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
+    table += [f"| `{r['settings']}` | {r['backbone']} | {r['minutes']:g} | {r['seed']} | {r['epochs']} | {r['layer'] or 'last'} "
+              f"| {r['val_knn']:.4f} | {r['val_linear']:.4f} |" for r in state["rows"]]
+    for kind, v in b.items():
+        table.append(f"| baseline: {kind} | | | {args.seed} | | {v['layer'] or '—'} | {v['val_knn']:.4f} | {v['val_linear']:.4f} |")
+    body = ("Validation = a seeded stratified 1/6 of the train split as queries, the other 5/6 as the bank and "
+            "linear training set (`selfsup eval knn linear --on val --layer auto`); the test split is not used. "
+            "Each row is one trial run through this script (earlier rows came from the same script with other "
+            "`--trial` values; each row's full config is in the results JSON).\n\n" + "\n".join(table))
+    print(body)
+    record(f"tune-{slug}", f"{args.method}: settings chosen on the validation split ({args.data})", body)
+
+
+if __name__ == "__main__":
+    main()

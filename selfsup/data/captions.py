@@ -1,0 +1,147 @@
+"""Image-caption data from a CSV or JSONL file: one row per image, a path and a caption.
+
+``--data pairs.csv`` (or ``.jsonl``) with options ``image=COLUMN`` (default ``image``),
+``caption=COLUMN`` (default ``caption``), ``split=COLUMN`` (optional: rows whose value is
+``test`` form the test split; otherwise a seeded ``test_fraction``, default 0.2), ``size``
+(default 32) and ``seed``. Relative image paths are taken from the file's folder. Rows with a
+missing or unreadable image or an empty caption are skipped, counted and the first few named in
+one warning; a file with no usable row is a one-line error. Captions are read as UTF-8, with
+undecodable bytes replaced (and counted).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import SelfSupError
+from .datasets import DatasetSplits, ImageSet
+from .folder import SHOWN_SKIPS, BadImage, decode_image
+
+log = logging.getLogger("selfsup")
+
+OPTIONS = {"image": "image", "caption": "caption", "split": "", "size": "32", "test_fraction": "0.2", "seed": "0"}
+SUFFIXES = (".csv", ".jsonl")
+
+
+def _rows(path: Path) -> tuple[list[dict], int]:
+    """The file's rows as dicts, and how many lines had undecodable bytes."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    bad_lines = 0
+    for line in raw.split(b"\n"):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad_lines += 1
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        return list(reader), bad_lines
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SelfSupError(f"{path}: line {i} is not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise SelfSupError(f"{path}: line {i} is not a JSON object")
+        rows.append(row)
+    return rows, bad_lines
+
+
+def _options(options: dict) -> dict:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise SelfSupError(f"captions file: unknown option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+    o = {**OPTIONS, **{k: str(v) for k, v in options.items()}}
+    try:
+        o["size"] = int(o["size"])
+        assert 1 <= o["size"] <= 4096
+    except (ValueError, AssertionError):
+        raise SelfSupError(f"captions file: option size={o['size']!r} must be an integer in [1, 4096]") from None
+    try:
+        o["test_fraction"] = float(o["test_fraction"])
+        assert 0 <= o["test_fraction"] < 1
+    except (ValueError, AssertionError):
+        raise SelfSupError(f"captions file: option test_fraction={o['test_fraction']!r} must be in [0, 1)") from None
+    try:
+        o["seed"] = int(o["seed"])
+    except ValueError:
+        raise SelfSupError(f"captions file: option seed={o['seed']!r} must be an integer") from None
+    return o
+
+
+def load_captions(path: Path, options: dict, strict: bool = False) -> DatasetSplits:
+    """Load an image-caption file as train/test :class:`ImageSet` splits with ``captions``."""
+    o = _options(dict(options))
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SelfSupError(f"{path}: no such file")
+    rows, bad_text = _rows(path)
+    if not rows:
+        raise SelfSupError(f"{path}: holds no rows")
+    columns = set().union(*(r.keys() for r in rows))
+    for opt in ("image", "caption") + (("split",) if o["split"] else ()):
+        if o[opt] not in columns:
+            raise SelfSupError(f"{path}: no column {o[opt]!r} (option {opt}=; columns: {', '.join(sorted(map(str, columns)))})")
+    root = path.parent
+    arrays, captions, in_test, skipped = [], [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for i, row in enumerate(rows, start=1):
+            rel, caption = row.get(o["image"]), row.get(o["caption"])
+            name = f"row {i} ({rel})" if rel else f"row {i}"
+            if not isinstance(caption, str) or not caption.strip():
+                skipped.append((name, "empty caption"))
+                continue
+            if not isinstance(rel, str) or not rel.strip():
+                skipped.append((name, "no image path"))
+                continue
+            try:
+                arrays.append(decode_image((root / rel).resolve() if not Path(rel).is_absolute() else Path(rel), o["size"]))
+            except BadImage as e:
+                skipped.append((name, str(e)))
+                continue
+            captions.append(" ".join(caption.split()))
+            in_test.append(bool(o["split"]) and str(row.get(o["split"], "")).strip().lower() == "test")
+    if not arrays:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise SelfSupError(f"{path}: none of its {len(rows)} rows is usable{first}")
+    if skipped:
+        if strict:
+            raise SelfSupError(f"{path}: {skipped[0][0]}: {skipped[0][1]} (strict mode; {len(skipped)} bad row(s))")
+        shown = ", ".join(f"{n}: {r}" for n, r in skipped[:SHOWN_SKIPS])
+        log.warning("skipped %d of %d rows in %s (%s%s)", len(skipped), len(rows), path, shown,
+                    ", ..." if len(skipped) > SHOWN_SKIPS else "")
+    if bad_text:
+        log.warning("%s: %d line(s) were not valid UTF-8; their bad bytes were replaced", path, bad_text)
+    if all(a.ndim == 2 for a in arrays):
+        images = np.stack(arrays)[:, None]
+    else:
+        images = np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]).transpose(0, 3, 1, 2)
+    images = torch.from_numpy(np.ascontiguousarray(images))
+    n = len(images)
+    test = torch.tensor(in_test)
+    if not o["split"] or not test.any():
+        g = torch.Generator().manual_seed(o["seed"])
+        test = torch.zeros(n, dtype=torch.bool)
+        test[torch.randperm(n, generator=g)[: int(round(n * o["test_fraction"]))]] = True
+    if test.all():
+        raise SelfSupError(f"{path}: every usable row is in the test split; nothing to train on")
+
+    def make(mask: torch.Tensor) -> ImageSet:
+        idx = mask.nonzero().flatten()
+        return ImageSet(images[idx], None, captions=[captions[j] for j in idx.tolist()])
+
+    info = {"source": str(path), "rows": len(rows), "skipped": len(skipped), "skipped_rows": skipped[:SHOWN_SKIPS],
+            "size": o["size"]}
+    return DatasetSplits(name=str(path), train=make(~test), test=make(test) if test.any() else None, info=info)

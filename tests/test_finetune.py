@@ -1,0 +1,123 @@
+"""Fine-tuning and the supervised baseline: learning rates per layer, frozen stages, the pretrained
+start, the lr search on a held-out part of the labels, and the command line."""
+import json
+import math
+
+import pytest
+import torch
+
+import selfsup
+from selfsup.cli import main as cli_main
+from selfsup.engine.optim import build_optimizer
+from selfsup.engine.train import build_method, resolve_config
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import DataInfo
+
+from conftest import tiny_images
+
+DATA = "shapes:n=96,n_test=48,size=16"
+
+
+def make(backbone="resnet18_quarter", channels=3, **kw):
+    cfg, mcfg = resolve_config("supervised", {"backbone": backbone, **kw})
+    return build_method(cfg, mcfg, DataInfo(channels, 16, [0.5] * channels, [0.25] * channels, num_classes=3))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny SimCLR run (ResNet) and a tiny MAE run (ViT) on the test data."""
+    root = tmp_path_factory.mktemp("runs")
+    selfsup.train("simclr", data=DATA, out=root / "simclr", epochs=1, batch_size=32, progress=False)
+    selfsup.train("mae", data=DATA, out=root / "mae", epochs=1, batch_size=32, progress=False)
+    return root
+
+
+def test_from_scratch_every_parameter_trains_at_the_head_rate():
+    m = make()
+    assert {g["lr_scale"] for g in m.optimizer_groups(0.05)} == {1.0}
+
+
+def test_pretrained_resnet_backbone_gets_a_lower_rate(pretrained):
+    m = make(init=str(pretrained / "simclr"))
+    scales = {n: m.lr_scale(n) for n, _ in m.named_parameters()}
+    assert all(s == 0.1 for n, s in scales.items() if n.startswith("backbone."))
+    assert all(s == 1.0 for n, s in scales.items() if n.startswith("head."))
+    saved = selfsup.load_backbone(pretrained / "simclr").backbone.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in m.backbone.state_dict().items())
+    assert m.data.mean == selfsup.load_backbone(pretrained / "simclr").meta["mean"]   # the backbone's own normalisation
+
+
+def test_pretrained_vit_gets_layer_wise_decay(pretrained):
+    m = make("vit_micro", init=str(pretrained / "mae"), layer_decay=0.5)
+    n = m.backbone.num_stages
+    assert m.lr_scale("head.1.weight") == 1.0
+    assert m.lr_scale("backbone.vit.norm.weight") == 1.0
+    assert m.lr_scale(f"backbone.vit.blocks.{n - 1}.attn.qkv.weight") == 0.5
+    assert m.lr_scale("backbone.vit.blocks.0.attn.qkv.weight") == 0.5 ** n
+    assert m.lr_scale("backbone.vit.patch_embed.proj.weight") == 0.5 ** (n + 1)
+    assert m.lr_scale("backbone.vit.cls_token") == 0.5 ** (n + 1)
+    opt = build_optimizer(m, "adamw", 1e-3, 0.05)
+    assert len({g["lr_scale"] for g in opt.param_groups}) == n + 2
+    assert all((g["weight_decay"] == 0) == all(p.ndim <= 1 for p in g["params"]) for g in opt.param_groups)
+
+
+def test_engine_applies_each_group_scale(pretrained, monkeypatch):
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        seen.append({g["lr_scale"]: g["lr"] for g in self.param_groups})
+        return step(self, *a, **kw)
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    selfsup.train("supervised", data=DATA, epochs=1, batch_size=32, progress=False, lr=1e-3, warmup_epochs=0,
+                  init=str(pretrained / "simclr"))
+    assert set(seen[0]) == {0.1, 1.0}
+    assert math.isclose(seen[0][0.1], 1e-4) and math.isclose(seen[0][1.0], 1e-3)   # step 0: the peak rate, scaled
+
+
+def test_frozen_stages_do_not_move():
+    m = make(freeze_stages=2)
+    frozen = {n: p.detach().clone() for n, p in m.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("backbone.stem", "backbone.stages.0", "backbone.stages.1")) for n in frozen)
+    opt = build_optimizer(m, "adamw", 1e-2, 0.05)
+    loss, logs = m({"images": tiny_images(8, 3, 16), "labels": torch.arange(8) % 3})
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in m.named_parameters() if n in frozen)
+    assert 0 <= float(logs["train_acc"]) <= 1
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(SelfSupError, match="freeze_stages"):
+        make(freeze_stages=9)
+    with pytest.raises(SelfSupError, match="layer_decay"):
+        make(layer_decay=0.0)
+    with pytest.raises(SelfSupError, match="no such run folder"):
+        make(init="/nonexistent/run")
+    with pytest.raises(SelfSupError, match="labelled"):
+        make()({"images": tiny_images(4, 3, 16)})
+
+
+def test_finetune_searches_lrs_on_held_out_labels_then_scores_test(pretrained, tmp_path):
+    res = selfsup.finetune(checkpoint=pretrained / "simclr", lrs=[1e-3, 3e-3], epochs=1, out=tmp_path / "ft.json")
+    assert set(res["lr_search"]) == {"0.001", "0.003"} and res["lr"] in (1e-3, 3e-3)
+    assert res["lr_search"][f"{res['lr']:g}"] == max(res["lr_search"].values())
+    assert 0 <= res["accuracy"] <= 1 and res["n_test"] == 48 and res["n_train"] == 96
+    assert json.loads((tmp_path / "ft.json").read_text())["accuracy"] == res["accuracy"]
+    base = selfsup.finetune(baseline="supervised", data=DATA, label_fraction=0.5, epochs=1)
+    assert base["baseline"] == "supervised" and abs(base["n_train"] - 48) <= 3 and base["lr_search"] == {}  # rounded per class
+    with pytest.raises(SelfSupError, match="either"):
+        selfsup.finetune(data=DATA)
+
+
+def test_cli_finetune_and_its_errors(pretrained, capsys):
+    code = cli_main(["eval", "finetune", "--checkpoint", str(pretrained / "mae"), "--epochs", "1",
+                     "--set", "layer_decay=0.65"])
+    out = capsys.readouterr().out
+    assert code == 0 and "finetune accuracy" in out
+    assert (pretrained / "mae" / "eval" / "finetune.json").is_file()
+    assert cli_main(["eval", "finetune", "--baseline", "pixels", "--data", DATA]) == 2
+    assert "supervised" in capsys.readouterr().err
+    assert cli_main(["eval", "knn", "--baseline", "supervised", "--data", DATA]) == 2
+    assert cli_main(["eval", "knn", "--baseline", "pixels", "--data", DATA, "--lrs", "0.1"]) == 2
+    assert "finetune only" in capsys.readouterr().err
