@@ -7,7 +7,7 @@ the object masks, against a random-init ViT of the same architecture.
 
     python benchmarks/contrastive.py --budget cpu --seeds 3
 
-Results are kept per (method, dataset, seed) in OUT/results/*.json (shared with
+Results are kept per (method, dataset, seed) in benchmarks/results/BUDGET/*.json (shared with
 benchmarks/pretext.py, so the baselines are computed once) and not recomputed.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import selfsup  # noqa: E402
-from pretext import DATASETS, ms, run_baseline, run_one, verdict  # noqa: E402
+from pretext import DATASETS, ms, results_dir, run_baseline, run_one, verdict  # noqa: E402
 from record import record  # noqa: E402
 from selfsup.budgets import get_budget  # noqa: E402
 from selfsup.eval.attention import attention_vs_random  # noqa: E402
@@ -35,7 +35,7 @@ METHODS = ["simclr", "moco", "mocov3", "dino"]
 
 def run_attention(data, seed: int, budget, out: Path) -> dict:
     """DINO on shapes with the budget's ViT, then attention-in-mask of it and of a random-init ViT."""
-    path = out / "results" / f"dino-{budget.vit}-attention-shapes-seed{seed}.json"
+    path = results_dir(budget) / f"dino-{budget.vit}-attention-shapes-seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     row = run_one("dino", "shapes", data, seed, budget, out, backbone=budget.vit, tag=f"-{budget.vit}")

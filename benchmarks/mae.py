@@ -10,7 +10,7 @@ search (``--lrs``, chosen on a held-out sixth of the labelled images) for both a
 
     python benchmarks/mae.py --budget cpu --seeds 3
 
-Results are kept per unit in runs/bench-BUDGET/results/*.json and not recomputed.
+Results are kept per unit in benchmarks/results/BUDGET/*.json (committed) and not recomputed.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 import selfsup  # noqa: E402
-from pretext import DATASETS, ms, run_baseline  # noqa: E402
+from pretext import DATASETS, ms, results_dir, run_baseline  # noqa: E402
 from record import record  # noqa: E402
 from selfsup.budgets import get_budget  # noqa: E402
 from selfsup.engine.train import load_method  # noqa: E402
@@ -63,7 +63,7 @@ def pretrain(ds: str, data, seed: int, budget, out: Path) -> dict:
                 "epochs": round(res.steps * res.config.batch_size / len(data.train), 2),
                 "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"], "recon": err,
                 "knn": ev["knn"]["accuracy"], "linear": ev["linear"]["accuracy"], "layer": ev["knn"]["layer"]}
-    return _cached(out / "results" / f"mae-{budget.vit}-{ds}-seed{seed}.json", make)
+    return _cached(results_dir(budget) / f"mae-{budget.vit}-{ds}-seed{seed}.json", make)
 
 
 def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, out: Path, lrs, minutes: float) -> dict:
@@ -73,7 +73,7 @@ def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, ou
         res = selfsup.finetune(data=data, label_fraction=fraction, seed=seed, lrs=lrs, time_limit=minutes, **kw)
         return {"arm": arm, "data": ds, "seed": seed, "fraction": fraction, "accuracy": res["accuracy"], "lr": res["lr"],
                 "lr_search": res["lr_search"], "epochs": res["epochs"], "minutes": minutes}
-    return _cached(out / "results" / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}.json", make)
+    return _cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}.json", make)
 
 
 def table(pre: list, base: list, ft: list, budget, args) -> str:
@@ -128,7 +128,7 @@ def main():
             data = selfsup.load_dataset(DATASETS[ds])
             if seed == 0:
                 base.append(run_baseline("pixels", ds, data, seed, budget, out))
-            r = run_baseline("random", ds, data, seed, vit_budget, out / budget.vit)
+            r = run_baseline("random", ds, data, seed, vit_budget, out)
             base.append(r)
             pre.append(pretrain(ds, data, seed, budget, out))
             for fraction in FRACTIONS:

@@ -6,8 +6,9 @@ method's pretext score beside a trivial reference.
 
     python benchmarks/pretext.py --budget cpu --seeds 3
 
-Each (method, dataset, seed) result is kept in OUT/results/*.json and not recomputed, so an
-interrupted benchmark continues where it stopped; BENCHMARKS.md is rewritten from all results.
+Each (method, dataset, seed) result is kept in benchmarks/results/BUDGET/*.json (committed) and not
+recomputed, so an interrupted benchmark continues where it stopped; BENCHMARKS.md is rewritten from
+all results. Run folders go to runs/bench-BUDGET.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ from selfsup.engine.train import load_method  # noqa: E402
 PLAN = [("rotation", "fashion-mnist"), ("jigsaw", "fashion-mnist"), ("inpainting", "fashion-mnist"),
         ("rotation", "shapes"), ("jigsaw", "shapes"), ("colorization", "shapes"), ("inpainting", "shapes")]
 DATASETS = {"fashion-mnist": "fashion-mnist", "shapes": "shapes:colors=class"}
+
+
+def results_dir(budget) -> Path:
+    """Where each unit's result JSON is kept (committed: the tables are rebuilt from these files)."""
+    return HERE / "results" / budget.name
 
 
 @torch.no_grad()
@@ -61,7 +67,7 @@ def pretext_score(run_dir: Path, method_name: str, test_images: torch.Tensor, se
 
 def run_one(method: str, ds_name: str, data, seed: int, budget, out: Path, backbone: str | None = None,
             tag: str = "") -> dict:
-    path = out / "results" / f"{method}{tag}-{ds_name}-seed{seed}.json"
+    path = results_dir(budget) / f"{method}{tag}-{ds_name}-seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     run_dir = out / f"{method}{tag}-{ds_name}-seed{seed}"
@@ -84,7 +90,8 @@ def run_one(method: str, ds_name: str, data, seed: int, budget, out: Path, backb
 
 
 def run_baseline(kind: str, ds_name: str, data, seed: int, budget, out: Path) -> dict:
-    path = out / "results" / f"{kind}-{ds_name}-seed{seed}.json"
+    path = results_dir(budget) / (f"{kind}-{ds_name}-seed{seed}.json" if kind == "pixels"
+                                  else f"{kind}-{budget.backbone}-{ds_name}-seed{seed}.json")
     if path.exists():
         return json.loads(path.read_text())
     kw = {"baseline": "pixels"} if kind == "pixels" else {"baseline": "random", "backbone": budget.backbone, "layer": "auto"}

@@ -65,10 +65,16 @@ def main():
         results.parent.mkdir(exist_ok=True)
         results.write_text(json.dumps(state, indent=1) + "\n")
 
+    shared_path = HERE / "results" / f"tune-baselines-{args.data.split(':')[0]}-seed{args.seed}.json"
+    shared = json.loads(shared_path.read_text()) if shared_path.exists() else {}
     for kind in ("pixels", f"random:{backbone}"):
         if kind not in state["baselines"]:
-            kw = {"baseline": "pixels"} if kind == "pixels" else {"baseline": "random", "backbone": backbone, "layer": "auto"}
-            state["baselines"][kind] = probe(data=data, seed=args.seed, **kw)
+            if kind not in shared:   # the same probes on the same split for every method: computed once
+                kw = {"baseline": "pixels"} if kind == "pixels" else {"baseline": "random", "backbone": backbone, "layer": "auto"}
+                shared[kind] = probe(data=data, seed=args.seed, **kw)
+                shared_path.parent.mkdir(exist_ok=True)
+                shared_path.write_text(json.dumps(shared, indent=1) + "\n")
+            state["baselines"][kind] = shared[kind]
             print(kind, state["baselines"][kind], flush=True)
             save()
     for trial in ([] if args.table_only else args.trial or [""]):
@@ -88,7 +94,7 @@ def main():
     b = state["baselines"]
     table = ["| settings (over the defaults of the time) | backbone | budget (min) | seed | epochs | stage | val kNN | val linear |",
              "|---|---|---:|---:|---:|---|---:|---:|"]
-    table += [f"| `{r['settings']}` | {r['backbone']} | {r['minutes']:g} | {r['seed']} | {r['epochs']} | {r['layer'] or 'last'} "
+    table += [f"| `{r['settings']}`{' (' + r['note'] + ')' if r.get('note') else ''} | {r['backbone']} | {r['minutes']:g} | {r['seed']} | {r['epochs']} | {r['layer'] or 'last'} "
               f"| {r['val_knn']:.4f} | {r['val_linear']:.4f} |" for r in state["rows"]]
     for kind, v in b.items():
         table.append(f"| baseline: {kind} | | | {args.seed} | | {v['layer'] or '—'} | {v['val_knn']:.4f} | {v['val_linear']:.4f} |")

@@ -28,7 +28,11 @@ def _atomic(path: Path, write) -> None:
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write ``state`` to ``path`` atomically (a temporary file, then a rename): a crash mid-write
     leaves the previous checkpoint intact."""
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    try:
+        _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    except OSError as e:   # disk full, permissions, a vanished folder
+        had = " the previous one is intact" if Path(path).is_file() else " no earlier checkpoint exists"
+        raise SelfSupError(f"{path}: could not write the checkpoint ({e.strerror or e});{had}") from None
 
 
 def load_checkpoint(path: Path, method: str | None = None) -> dict:

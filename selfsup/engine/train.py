@@ -368,23 +368,25 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
     return RunResult(run_dir, method, cfg, step, last_loss, rate)
 
 
-def train(method: str = "simclr", data=None, out: str | Path | None = None, resume: bool = False,
+def train(method: str | None = None, data=None, out: str | Path | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, **overrides) -> RunResult:
     """Pretrain ``method`` on ``data`` (a dataset spec, DatasetSplits, ImageSet, uint8 tensor or torch
     Dataset) and write the run folder ``out`` (nothing is written when ``out`` is None).
 
     ``overrides`` set TrainConfig fields (epochs, lr, backbone, ...) or the method's Config fields.
+    ``method`` defaults to "simclr" for a new run and to the checkpoint's on ``resume``.
     """
     if resume:
         if out is None:
             raise SelfSupError("--resume needs the run folder (--out)")
-        saved = load_checkpoint(Path(out) / "checkpoint.pt")
+        saved = load_checkpoint(Path(out) / "checkpoint.pt", method=method)   # another method's checkpoint: an error
         saved_cfg = dict(saved["config"])
         method_saved = saved_cfg.pop("method_config", {})
         method = saved_cfg.pop("method")
         merged = {**saved_cfg, **method_saved, **overrides}
         cfg, method_cfg = resolve_config(method, merged)
     else:
+        method = method or "simclr"
         spec = data.name if isinstance(data, DatasetSplits) else data
         spec = spec if isinstance(spec, str) else (f"<{type(data).__name__}>" if data is not None else None)
         cfg, method_cfg = resolve_config(method, {**({"data": spec} if spec else {}), **overrides})
