@@ -35,7 +35,7 @@ from selfsup.budgets import get_budget  # noqa: E402
 from selfsup.data.datasets import DatasetSplits, ImageSet  # noqa: E402
 from selfsup.data.shapes import CLASSES, COLORS  # noqa: E402
 from selfsup.engine.train import load_method  # noqa: E402
-from selfsup.eval.zeroshot import recall_at, zeroshot_predict  # noqa: E402
+from selfsup.eval.zeroshot import caption_matches, recall_at, zeroshot_predict  # noqa: E402
 
 PHRASINGS = ["a photo of a {}.", "a {}.", "a picture of a {}.", "this is a {}.", "an image showing a {}.",
              "a grey {}.", "a small photo of a {}."]
@@ -81,9 +81,7 @@ def shapes_composition(seed: int, budget, out: Path) -> dict:
     truth_both = objs * len(colour_names) + cols
     img = method.embed_images(data.test.images)
     txt = method.embed_texts(list(data.test.captions))
-    ids = {c: i for i, c in enumerate(dict.fromkeys(data.test.captions))}
-    cid = torch.tensor([ids[c] for c in data.test.captions])
-    same = cid[:, None] == cid[None, :]
+    same = caption_matches(data.test.captions)
     ev = selfsup.evaluate(["knn", "linear"], checkpoint=run, data=data, seed=seed)
     row = {"seed": seed, "steps": res.steps, "train_min": round((time.time() - t0) / 60, 2), "held_out": sorted(held),
            "n_train": len(train), "n_novel_test": len(novel),

@@ -23,17 +23,10 @@ sys.path.insert(0, str(HERE.parent))
 import selfsup  # noqa: E402
 from record import record  # noqa: E402
 from selfsup.engine.train import resolve_config  # noqa: E402
+from tune import parse_trial  # noqa: E402
 
 RESULTS = HERE / "results" / "simclr_tuning.json"
 BASE_KEYS = ("color_strength", "temperature", "crop_min")
-
-
-def parse_trial(text: str) -> dict:
-    out = {}
-    for part in filter(None, text.split(",")):
-        k, _, v = part.partition("=")
-        out[k.strip()] = v.strip()
-    return out
 
 
 def main():

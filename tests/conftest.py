@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -32,3 +33,10 @@ def tiny_images(n=64, channels=1, size=16, seed=0):
     img = blob.unsqueeze(1).repeat(1, channels, 1, 1) * torch.rand(n, channels, 1, 1, generator=g)
     img = img + 0.1 * torch.rand(n, channels, size, size, generator=g)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for a gloo rendezvous in a two-process test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ processes against one with the doubled batch, and a tiny end-to-end run through 
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from selfsup.methods.clip import CLIP, Config, clip_loss
 from selfsup.models import create_backbone
 from selfsup.models.text import BPETokenizer
 
-from conftest import tiny_images
+from conftest import free_port, tiny_images
 
 CAPTIONS = [f"a {s} {c} {t}" for s in ("small", "large") for c in ("red", "blue", "green") for t in ("arrow", "tree", "cup")]
 
@@ -217,15 +216,10 @@ def _worker(rank, world, port, folder):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.timeout(300)
 def test_two_processes_give_the_single_process_loss_and_gradient(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2)]
     img, txt = _fixed(8, 0)
     img, txt = img.clone().requires_grad_(), txt.clone().requires_grad_()

@@ -2,7 +2,6 @@
 as one process with the doubled batch (lightly#1528: negatives without gradient; lightly#1920:
 gradients off by 1/world_size)."""
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ from torch import nn
 
 from selfsup.methods.base import DataInfo
 from selfsup.methods.simclr import Config, SimCLR
+
+from conftest import free_port
 
 
 class NoBNNet(nn.Module):
@@ -58,16 +59,11 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.timeout(120)
 def test_two_processes_equal_one_with_doubled_batch(tmp_path):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
 
     single = make_method()

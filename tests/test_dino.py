@@ -2,7 +2,6 @@
 collapse warning, attention maps against timm's own attention, and two gloo processes against one."""
 import math
 import os
-import socket
 import warnings
 
 import pytest
@@ -19,7 +18,7 @@ from selfsup.methods.dino import DINO, Config, dino_loss, teacher_momentum, upda
 from selfsup.models import create_backbone
 from selfsup.models.heads import ema_update
 
-from conftest import tiny_images
+from conftest import free_port, tiny_images
 
 
 class NoBNNet(nn.Module):
@@ -268,16 +267,11 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.timeout(300)
 def test_two_processes_hold_the_teacher_and_centre_of_one_with_doubled_batch(tmp_path):
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     r0, r1 = (torch.load(f"{out}.{r}", weights_only=True) for r in range(2))
     method = make_method()
     single = run_steps(method, method, lambda images: images)

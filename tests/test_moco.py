@@ -3,7 +3,6 @@ EMA formula, one step through each class, and two real processes (gloo) against 
 with the doubled batch: gathered keys, queue and key encoder equal everywhere."""
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from selfsup.methods.moco import (Config, ConfigV3, KeyQueue, MoCo, MoCoV3, batc
                                   split_batchnorm)
 from selfsup.models import create_backbone
 
-from conftest import tiny_images
+from conftest import free_port, tiny_images
 
 
 class NoBNNet(nn.Module):
@@ -238,15 +237,10 @@ def _worker(rank, world, port, folder):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.timeout(300)
 def test_two_processes_equal_one_with_doubled_batch(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     order = torch.cat([torch.arange(0, 8, 2), torch.arange(1, 8, 2)])   # rank 0's rows, then rank 1's
     for name, (v3, _, steps) in SCENARIOS.items():

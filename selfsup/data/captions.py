@@ -17,17 +17,17 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..errors import SelfSupError
 from .datasets import DatasetSplits, ImageSet
-from .folder import SHOWN_SKIPS, BadImage, decode_image
+from .folder import OPTIONS as FOLDER_OPTIONS
+from .folder import SHOWN_SKIPS, BadImage, decode_image, parse_options, stack_images
 
 log = logging.getLogger("selfsup")
 
-OPTIONS = {"image": "image", "caption": "caption", "split": "", "size": "32", "test_fraction": "0.2", "seed": "0"}
+OPTIONS = {"image": "image", "caption": "caption", "split": "", **FOLDER_OPTIONS}
 SUFFIXES = (".csv", ".jsonl")
 
 
@@ -59,25 +59,12 @@ def _rows(path: Path) -> tuple[list[dict], int]:
 
 
 def _options(options: dict) -> dict:
+    """The column options, then the folder options (size, test_fraction, seed), checked the same way."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise SelfSupError(f"captions file: unknown option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
-    o = {**OPTIONS, **{k: str(v) for k, v in options.items()}}
-    try:
-        o["size"] = int(o["size"])
-        assert 1 <= o["size"] <= 4096
-    except (ValueError, AssertionError):
-        raise SelfSupError(f"captions file: option size={o['size']!r} must be an integer in [1, 4096]") from None
-    try:
-        o["test_fraction"] = float(o["test_fraction"])
-        assert 0 <= o["test_fraction"] < 1
-    except (ValueError, AssertionError):
-        raise SelfSupError(f"captions file: option test_fraction={o['test_fraction']!r} must be in [0, 1)") from None
-    try:
-        o["seed"] = int(o["seed"])
-    except ValueError:
-        raise SelfSupError(f"captions file: option seed={o['seed']!r} must be an integer") from None
-    return o
+    columns = {k: str(options.get(k, OPTIONS[k])) for k in ("image", "caption", "split")}
+    return {**columns, **parse_options({k: v for k, v in options.items() if k not in columns})}
 
 
 def load_captions(path: Path, options: dict, strict: bool = False) -> DatasetSplits:
@@ -124,11 +111,7 @@ def load_captions(path: Path, options: dict, strict: bool = False) -> DatasetSpl
                     ", ..." if len(skipped) > SHOWN_SKIPS else "")
     if bad_text:
         log.warning("%s: %d line(s) were not valid UTF-8; their bad bytes were replaced", path, bad_text)
-    if all(a.ndim == 2 for a in arrays):
-        images = np.stack(arrays)[:, None]
-    else:
-        images = np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]).transpose(0, 3, 1, 2)
-    images = torch.from_numpy(np.ascontiguousarray(images))
+    images = stack_images(arrays)
     n = len(images)
     test = torch.tensor(in_test)
     if not o["split"] or not test.any():

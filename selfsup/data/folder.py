@@ -343,6 +343,15 @@ def _decode_all(root: Path, rels: list[str], size: int) -> list[np.ndarray | str
             return list(pool.map(one, rels))
 
 
+def stack_images(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Decoded images -> uint8 (N, 1, H, W) when all are grey, else (N, 3, H, W) with grey ones repeated."""
+    if all(a.ndim == 2 for a in arrays):
+        images = np.stack(arrays)[:, None]
+    else:
+        images = np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
 def _decode_folder(root: Path, entries: list, size: int) -> tuple[dict, dict]:
     """Decode a scanned folder -> (tensors, meta) as stored in the cache."""
     rels = [e[0] for e in entries]
@@ -364,13 +373,8 @@ def _decode_folder(root: Path, entries: list, size: int) -> tuple[dict, dict]:
             "n_files": len(rels)}
     if not arrays:
         return {}, meta
-    if all(a.ndim == 2 for a in arrays):
-        images = np.stack(arrays)[:, None]  # (N, 1, H, W)
-    else:
-        images = np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
-        images = images.transpose(0, 3, 1, 2)  # (N, 3, H, W)
     tensors = {
-        "images": torch.from_numpy(np.ascontiguousarray(images)),
+        "images": stack_images(arrays),
         "labels": torch.tensor(labels, dtype=torch.int64),
         "in_test": torch.tensor(in_test, dtype=torch.uint8),
     }

@@ -14,8 +14,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ..data.datasets import DatasetSplits, ImageSet, label_subset, load_dataset, stratified_split
 from ..engine import rundir
 from ..errors import SelfSupError

@@ -98,6 +98,13 @@ def recall_at(sim: torch.Tensor, correct: torch.Tensor, ks=(1, 5, 10)) -> dict:
     return {f"R@{k}": float(hits[:, :k].any(1).float().mean()) for k in ks}
 
 
+def caption_matches(captions: list[str]) -> torch.Tensor:
+    """(N, N) bool: pair i matches pair j when their captions are the same text."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    cid = torch.tensor([ids[c] for c in captions])
+    return cid[:, None] == cid[None, :]
+
+
 def retrieval(checkpoint: str | Path, data: str | DatasetSplits | None = None, on: str = "test", seed: int = 0,
               ks=(1, 5, 10), data_dir: str | None = None, out: str | Path | None = None) -> dict:
     """Image->text and text->image recall@k over the test split's image-caption pairs."""
@@ -108,11 +115,9 @@ def retrieval(checkpoint: str | Path, data: str | DatasetSplits | None = None, o
     img = method.embed_images(split.images)
     txt = method.embed_texts(list(split.captions))
     sim = img @ txt.T
-    ids = {c: i for i, c in enumerate(dict.fromkeys(split.captions))}
-    cid = torch.tensor([ids[c] for c in split.captions])
-    same = cid[:, None] == cid[None, :]
+    same = caption_matches(split.captions)
     result = {"protocol": "retrieval", "image_to_text": recall_at(sim, same, ks), "text_to_image": recall_at(sim.T, same, ks),
-              "chance_R@1": float(same.float().mean()), "distinct_captions": len(ids), "checkpoint": str(checkpoint),
+              "chance_R@1": float(same.float().mean()), "distinct_captions": len(set(split.captions)), "checkpoint": str(checkpoint),
               "data": name, "split": on, "n_test": len(split)}
     return _write(result, out, checkpoint, "retrieval" + ("_val" if on == "val" else ""))
 
