@@ -16,7 +16,7 @@ from .errors import SelfSupError
 
 # flags that map onto TrainConfig fields (dest -> field)
 TRAIN_FLAGS = ("backbone", "epochs", "batch_size", "lr", "device", "seed", "data_dir", "download", "strict",
-               "time_limit")
+               "time_limit", "accumulate", "skip_nonfinite")
 
 
 def _layer(value: str):
@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="dataset name (fashion-mnist, shapes, photos; options as name:key=value,...) or an image folder")
     t.add_argument("--backbone", default=None, help=f"one of: {', '.join(BACKBONES)} (default: the method's)")
     t.add_argument("--epochs", type=float, default=None)
-    t.add_argument("--batch-size", type=int, default=None, help="per process")
+    t.add_argument("--batch-size", type=int, default=None, help="per process (and per micro-batch with --accumulate)")
+    t.add_argument("--accumulate", type=int, default=None, metavar="N",
+                   help="micro-batches per optimiser step: the step sees N x --batch-size images per process")
+    t.add_argument("--skip-nonfinite", type=int, default=None, metavar="N",
+                   help="skip up to N steps whose loss is NaN/inf instead of stopping at the first")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate")
     t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES", help="stop after this many minutes of training (the schedule follows time)")
     t.add_argument("--out", default=None, help="run folder (default: runs/METHOD-DATA-TIME)")

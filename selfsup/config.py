@@ -20,7 +20,8 @@ class TrainConfig:
     download: bool = False                  # allow downloading the dataset
     backbone: str = "resnet18_quarter"
     epochs: float = 10.0                    # may be fractional
-    batch_size: int = 256                   # per process
+    batch_size: int = 256                   # per process and micro-batch
+    accumulate: int = 1                     # micro-batches per optimiser step (gradient accumulation)
     optimizer: str = "adamw"                # adamw | sgd | lars
     lr: float = 1e-3                        # peak learning rate (not scaled by batch size)
     weight_decay: float = 1e-4              # not applied to biases and norm weights
@@ -29,6 +30,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0               # cosine floor, as a fraction of lr
     grad_clip: float = 0.0                  # max gradient norm; 0 = off
+    skip_nonfinite: int = 0                 # steps with a NaN/inf loss to skip before stopping; 0 = stop at the first
     time_limit: float = 0.0                 # minutes of training; 0 = off (the schedule then follows time)
     seed: int = 0
     device: str = "auto"                    # auto | cpu | cuda

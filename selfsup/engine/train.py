@@ -44,10 +44,11 @@ def validate(cfg: TrainConfig) -> None:
     checks = [("batch_size", cfg.batch_size > 0), ("epochs", cfg.epochs > 0), ("lr", cfg.lr > 0),
               ("weight_decay", cfg.weight_decay >= 0), ("warmup_epochs", cfg.warmup_epochs >= 0),
               ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0),
-              ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0)]
+              ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0),
+              ("accumulate", cfg.accumulate > 0), ("skip_nonfinite", cfg.skip_nonfinite >= 0)]
     for name, ok in checks:
         if not ok:
-            raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every') else 'non-negative'}, got {getattr(cfg, name)}")
+            raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every', 'accumulate') else 'non-negative'}, got {getattr(cfg, name)}")
     if not 0 <= cfg.beta2 < 1:
         raise SelfSupError(f"--set beta2={cfg.beta2}: must be in [0, 1)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
@@ -228,6 +229,44 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _split(batch: dict, parts: int) -> list[dict]:
+    """A process's batch as ``parts`` equal micro-batches (gradient accumulation), in order."""
+    if parts == 1:
+        return [batch]
+    n = len(batch["images"])
+    size = n // parts
+    return [{k: v[i * size:(i + 1) * size] if isinstance(v, (torch.Tensor, list)) and len(v) == n else v
+             for k, v in batch.items()} for i in range(parts)]
+
+
+def _all_finite(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every process: all of them skip or stop together, none waits
+    forever in an all-reduce the others never reach."""
+    ok = torch.isfinite(loss.detach()).all().float().reshape(1)
+    if world > 1:
+        ok = ok.to(loss.device)
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _agree(seconds: float, world: int, device: torch.device) -> float:
+    """The largest elapsed time over processes (the one clock they all schedule and stop by)."""
+    if world == 1:
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _average_bn_stats(method: nn.Module) -> None:
+    """Batch-norm running statistics averaged over processes at the end of training: each process
+    updated them from its own slice of the last batch (DDP broadcasts rank 0's only at the next forward)."""
+    for m in method.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce_mean(buf)
+
+
 def _scalar(v) -> float:
     return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -268,6 +307,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
         method.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         step, elapsed_before = int(resume_state["step"]), float(resume_state.get("elapsed_s", 0.0))
+    skipped = {"n": int(resume_state.get("skipped_nonfinite", 0)) if resume_state else 0}
     config_dict = {**to_dict(cfg), "method_config": to_dict(method_cfg) if method_cfg is not None else {}}
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
     last_good = {"step": step if resume_state else None}
@@ -276,7 +316,8 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
         if ckpt_path is None or not main:
             return
         save_checkpoint({"model": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                         "elapsed_s": elapsed_before + (time.time() - t0), "config": config_dict}, ckpt_path)
+                         "elapsed_s": elapsed_before + (time.time() - t0), "config": config_dict,
+                         "skipped_nonfinite": skipped["n"]}, ckpt_path)
         last_good["step"] = step
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
@@ -291,24 +332,25 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
         else:
             bar = tqdm(total=total, initial=step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
     t0 = time.time()
-    last_ckpt_time, window_t, window_steps, window_loss, window_logs = t0, t0, 0, 0.0, {}
+    last_ckpt_time, window_t, window_steps, window_good, window_loss, window_logs = t0, t0, 0, 0, 0.0, {}
     last_loss, rate = float("nan"), 0.0
 
     def log_row():
-        """One metrics.jsonl line averaging the steps since the previous one."""
-        nonlocal window_t, window_steps, window_loss, window_logs, last_loss, rate
+        """One metrics.jsonl line averaging the (finite) steps since the previous one."""
+        nonlocal window_t, window_steps, window_good, window_loss, window_logs, last_loss, rate
         now = time.time()
         rate = window_steps * source.global_batch / max(now - window_t, 1e-9)
-        last_loss = window_loss / window_steps
+        last_loss = window_loss / window_good if window_good else float("nan")
         row = {"step": step, "epoch": round(step / spe, 4), "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
                "images_per_s": rate, "elapsed_s": elapsed_before + now - t0,
-               **{k: v / window_steps for k, v in window_logs.items()}}
+               **{k: v / window_good for k, v in window_logs.items()},
+               **({"skipped_nonfinite": skipped["n"]} if skipped["n"] else {})}
         if metrics:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
         if bar:
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
-        window_t, window_steps, window_loss, window_logs = now, 0, 0.0, {}
+        window_t, window_steps, window_good, window_loss, window_logs = now, 0, 0, 0.0, {}
     method.train()
     try:
         while step < total:
@@ -316,31 +358,55 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
             for batch in source.epoch(epoch, step % spe):
                 now = time.time()
                 prog = step / total
-                if cfg.time_limit:
-                    prog = max(prog, (elapsed_before + now - t0) / (cfg.time_limit * 60))
+                if cfg.time_limit:   # every process takes the same (the slowest) clock: same lr, same stop
+                    prog = max(prog, _agree(elapsed_before + now - t0, world, device) / (cfg.time_limit * 60))
                 for g in optimizer.param_groups:
                     g["lr"] = warmup_cosine(step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio) * g.get("lr_scale", 1.0)
                 method.progress = min(prog, 1.0)   # schedules of the method (EMA momentum, temperatures) read it
                 torch.manual_seed(_step_seed(cfg.seed, step, rank))
-                batch = _to_device(batch, device)
-                with autocast:
-                    loss, logs = model(batch)
-                if not torch.isfinite(loss):
-                    where = (f"the last good checkpoint is {ckpt_path} (step {last_good['step']})"
-                             if last_good["step"] is not None else "no checkpoint was written yet")
-                    raise SelfSupError(f"training diverged: loss is {float(loss.detach())} at step {step}; {where}. "
-                                       "Lower --lr or set grad_clip, then --resume or start again.")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-                optimizer.step()
-                method.after_step(step, total)
+                loss_sum, finite, logs = 0.0, True, {}
+                micro = _split(batch, cfg.accumulate)
+                for i, part in enumerate(micro):
+                    part = _to_device(part, device)
+                    # only the last micro-batch's backward all-reduces the summed gradients
+                    sync = model.no_sync() if world > 1 and i < len(micro) - 1 else contextlib.nullcontext()
+                    with sync:
+                        with autocast:
+                            loss, part_logs = model(part)
+                        finite = _all_finite(loss, world)
+                        if not finite:
+                            break
+                        (loss / len(micro)).backward()
+                    loss_sum += float(loss.detach()) / len(micro)
+                    for k, v in part_logs.items():
+                        logs[k] = logs.get(k, 0.0) + _scalar(v) / len(micro)
+                if not finite:
+                    if skipped["n"] >= cfg.skip_nonfinite:
+                        where = (f"the last good checkpoint is {ckpt_path} (step {last_good['step']})"
+                                 if last_good["step"] is not None else "no checkpoint was written yet")
+                        allowed = f" (after skipping {skipped['n']} such step(s))" if cfg.skip_nonfinite else ""
+                        raise SelfSupError(f"training diverged: loss is {float(loss.detach())} at step {step}{allowed}; "
+                                           f"{where}. Lower --lr or set grad_clip, then --resume or start again "
+                                           "(--skip-nonfinite N skips up to N such steps).")
+                    skipped["n"] += 1
+                    optimizer.zero_grad(set_to_none=True)   # the step is spent without an update
+                    if main:
+                        print(f"warning: non-finite loss at step {step}, step skipped "
+                              f"({skipped['n']} of at most {cfg.skip_nonfinite})", flush=True)
+                    loss_sum, logs = float("nan"), {}
+                else:
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    method.after_step(step, total)
                 step += 1
                 window_steps += 1
-                window_loss += float(loss.detach())
-                for k, v in logs.items():
-                    window_logs[k] = window_logs.get(k, 0.0) + _scalar(v)
+                if finite:
+                    window_good += 1
+                    window_loss += loss_sum
+                    for k, v in logs.items():
+                        window_logs[k] = window_logs.get(k, 0.0) + v
                 if step % cfg.log_every == 0 or step == total or step == 1:
                     log_row()
                 if bar:
@@ -350,7 +416,8 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                 if due:
                     checkpoint()
                     last_ckpt_time = time.time()
-                if step >= total or (cfg.time_limit and elapsed_before + time.time() - t0 >= cfg.time_limit * 60):
+                if step >= total or (cfg.time_limit and
+                                     _agree(elapsed_before + time.time() - t0, world, device) >= cfg.time_limit * 60):
                     break
             else:
                 checkpoint()  # end of a full epoch
@@ -364,6 +431,8 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
             bar.close()
         if metrics:
             metrics.close()
+    if world > 1:
+        _average_bn_stats(method)
     checkpoint()
     return RunResult(run_dir, method, cfg, step, last_loss, rate)
 
@@ -414,7 +483,7 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
         rundir.write_json(run_dir / "provenance.json", rundir.provenance(device, world, _fingerprint(images)))
     if not resume:
         prepare_method(method_module, images, cfg.seed)
-    source = BatchSource(images, cfg.batch_size, cfg.seed, rank, world, cfg.num_workers)
+    source = BatchSource(images, cfg.batch_size * cfg.accumulate, cfg.seed, rank, world, cfg.num_workers)
     result = fit(method_module, source, cfg, run_dir, device, resume_state=saved, progress=progress, method_cfg=method_cfg)
     if run_dir is not None and rank == 0:
         save_backbone(method_module.export_backbone(), backbone_meta(cfg, info), run_dir / "backbone.safetensors")
