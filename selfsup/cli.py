@@ -1,4 +1,4 @@
-"""The command line: ``selfsup train | eval | data | demo``.
+"""The command line: ``selfsup train | eval | report | data | demo``.
 
 ``main(argv)`` takes an argument list (tests call it directly) and returns an exit status.
 Every user error is one line on stderr (``selfsup: error: ...``) and status 2, never a traceback.
@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="finetune: a training or supervised-method setting (backbone_lr_scale, layer_decay, "
                         "freeze_stages, weight_decay, ...)")
+
+    r = sub.add_parser("report", help="one self-contained HTML page about a run: curves, views, pictures, "
+                                      "embedding map, nearest neighbours, evaluations")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--data", default=None, help="images to show and embed (default: the run's training data)")
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--out", default=None, help="HTML file (default: RUN_DIR/report.html)")
+    r.add_argument("--seed", type=int, default=0, help="which images are sampled for views, map and queries")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     d = sub.add_parser("data", help="list datasets or describe one")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -230,6 +239,14 @@ def _finetune(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .report import build_report
+    path = build_report(args.run_dir, data=args.data, out=args.out, data_dir=args.data_dir, seed=args.seed,
+                        device=args.device)
+    print(f"report written to {path}")
+    return 0
+
+
 def _data(args) -> int:
     from .data.datasets import DATASETS, load_dataset
 
@@ -263,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "data": _data, "demo": _demo}[args.command](args)
+        return {"train": _train, "eval": _eval, "report": _report, "data": _data, "demo": _demo}[args.command](args)
     except SelfSupError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
