@@ -10,10 +10,13 @@ Public API (imports are lazy: ``import selfsup`` loads nothing heavy and has no 
     selfsup.load_backbone("runs/simclr")   # plain nn.Module with its normalisation
     selfsup.finetune(checkpoint="runs/mae", label_fraction=0.1)   # or baseline="supervised"
     selfsup.zeroshot("runs/clip"), selfsup.retrieval("runs/clip")
+    selfsup.embed("runs/simclr", out="emb.parquet")    # every image's embedding, with paths and labels
+    selfsup.export("runs/simclr", "export/")           # backbone.safetensors and backbone.onnx
 """
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "BACKBONES", "create_backbone", "load_backbone", "train", "evaluate", "finetune", "zeroshot", "retrieval", "load_dataset", "SelfSupError"]
+__all__ = ["METHODS", "BACKBONES", "create_backbone", "load_backbone", "train", "evaluate", "finetune", "zeroshot", "retrieval", "embed", "export", "load_dataset",
+           "SelfSupError"]
 
 
 def __getattr__(name):
@@ -35,6 +38,12 @@ def __getattr__(name):
     if name == "finetune":
         from .eval.finetune import finetune
         return finetune
+    if name == "embed":
+        from .eval.embed import embed
+        return embed
+    if name == "export":
+        from .engine.export import export
+        return export
     if name == "load_dataset":
         from .data.datasets import load_dataset
         return load_dataset

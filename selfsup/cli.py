@@ -1,4 +1,4 @@
-"""The command line: ``selfsup train | eval | report | data | demo``.
+"""The command line: ``selfsup train | eval | embed | export | report | data | demo``.
 
 ``main(argv)`` takes an argument list (tests call it directly) and returns an exit status.
 Every user error is one line on stderr (``selfsup: error: ...``) and status 2, never a traceback.
@@ -26,6 +26,17 @@ def _layer(value: str):
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a stage number or auto, got {value!r}") from None
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", metavar="RUN", help="run folder or its backbone.safetensors")
+    p.add_argument("--checkpoint", default=None, help="the same as RUN (as in eval)")
+
+
+def _checkpoint(args) -> str:
+    if (args.run is None) == (args.checkpoint is None):
+        raise SelfSupError(f"{args.command} needs one run folder: RUN or --checkpoint RUN")
+    return args.run or args.checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="finetune: a training or supervised-method setting (backbone_lr_scale, layer_decay, "
                         "freeze_stages, weight_decay, ...)")
+
+    em = sub.add_parser("embed", help="embeddings of every image of a dataset, to .npy (+ .json) or .parquet",
+                        description="Embed every image with a run's backbone (its normalisation, eval mode, as "
+                                    "evaluation does). FILE.npy: a float32 (N, D) array and FILE.json with the settings "
+                                    "and the index, split, path (folders) and label of each row; FILE.parquet: the same "
+                                    "columns and an embedding list column (pip install 'selfsup[parquet]').")
+    _run_args(em)
+    em.add_argument("--data", default=None, help="dataset or image folder (default: the run's training data)")
+    em.add_argument("--data-dir", default=None)
+    em.add_argument("--out", required=True, metavar="FILE", help="FILE.npy or FILE.parquet")
+    em.add_argument("--split", choices=["train", "test", "all"], default="all", help="which split(s); all: train, then test")
+    em.add_argument("--layer", type=int, default=None, help="features from this stage/block (1-based) instead of the last")
+    em.add_argument("--pool", choices=["avg", "grid", "cls", "mean"], default=None, help="as in eval")
+    em.add_argument("--batch-size", type=int, default=512)
+    em.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    ex = sub.add_parser("export", help="the backbone as safetensors and/or ONNX (with its input normalisation)",
+                        description="Write backbone.safetensors and/or backbone.onnx (input: float32 images in [0, 1], "
+                                    "(batch, C, H, W) at the run's size; normalisation inside the graph; checked "
+                                    "against PyTorch with ONNX Runtime) and export.json into --out. ONNX needs "
+                                    "pip install 'selfsup[onnx]'.")
+    _run_args(ex)
+    ex.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
+    ex.add_argument("--format", default="safetensors,onnx", help="comma-separated: safetensors, onnx (default both)")
 
     r = sub.add_parser("report", help="one self-contained HTML page about a run: curves, views, pictures, "
                                       "embedding map, nearest neighbours, evaluations")
@@ -239,6 +274,28 @@ def _finetune(args) -> int:
     return 0
 
 
+def _embed(args) -> int:
+    from .eval.embed import embed
+
+    res = embed(_checkpoint(args), data=args.data, out=args.out, split=args.split, layer=args.layer, pool=args.pool,
+                batch_size=args.batch_size, device=args.device, data_dir=args.data_dir)
+    meta = res["meta"]
+    side = f" and {Path(args.out).with_suffix('.json')}" if Path(args.out).suffix.lower() == ".npy" else ""
+    print(f"embedded {meta['n']} images ({meta['data']}, split {meta['split']}) as {meta['dim']}-d vectors: "
+          f"{args.out}{side}")
+    return 0
+
+
+def _export(args) -> int:
+    from .engine.export import export
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    res = export(_checkpoint(args), args.out, formats)
+    diff = f" (ONNX Runtime within {res['onnx_max_abs_diff']:.1e} of PyTorch)" if "onnx" in res["files"] else ""
+    print(f"exported {res['backbone']} to {args.out}: {', '.join(res['files'].values())}, export.json{diff}")
+    return 0
+
+
 def _report(args) -> int:
     from .report import build_report
     path = build_report(args.run_dir, data=args.data, out=args.out, data_dir=args.data_dir, seed=args.seed,
@@ -280,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "report": _report, "data": _data, "demo": _demo}[args.command](args)
+        return {"train": _train, "eval": _eval, "embed": _embed, "export": _export, "report": _report,
+                "data": _data, "demo": _demo}[args.command](args)
     except SelfSupError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2

@@ -43,6 +43,8 @@ class TrainConfig:
     log_every: int = 50                     # steps between metrics.jsonl lines
     num_workers: int = 0                    # DataLoader workers, for datasets that stream from disk
     strict: bool = False                    # fail on the first unreadable image instead of skipping
+    monitor_every: float = 0.0              # epochs between online kNN/linear scores in metrics.jsonl; 0 = off
+    monitor: str = "knn"                    # what the online monitor scores: knn | linear | knn,linear
 
 
 def _convert(value, typ, key: str):

@@ -81,7 +81,7 @@ def load_captions(path: Path, options: dict, strict: bool = False) -> DatasetSpl
         if o[opt] not in columns:
             raise SelfSupError(f"{path}: no column {o[opt]!r} (option {opt}=; columns: {', '.join(sorted(map(str, columns)))})")
     root = path.parent
-    arrays, captions, in_test, skipped = [], [], [], []
+    arrays, captions, in_test, skipped, paths = [], [], [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for i, row in enumerate(rows, start=1):
@@ -93,11 +93,13 @@ def load_captions(path: Path, options: dict, strict: bool = False) -> DatasetSpl
             if not isinstance(rel, str) or not rel.strip():
                 skipped.append((name, "no image path"))
                 continue
+            file = (root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
             try:
-                arrays.append(decode_image((root / rel).resolve() if not Path(rel).is_absolute() else Path(rel), o["size"]))
+                arrays.append(decode_image(file, o["size"]))
             except BadImage as e:
                 skipped.append((name, str(e)))
                 continue
+            paths.append(str(file))
             captions.append(" ".join(caption.split()))
             in_test.append(bool(o["split"]) and str(row.get(o["split"], "")).strip().lower() == "test")
     if not arrays:
@@ -123,7 +125,7 @@ def load_captions(path: Path, options: dict, strict: bool = False) -> DatasetSpl
 
     def make(mask: torch.Tensor) -> ImageSet:
         idx = mask.nonzero().flatten()
-        return ImageSet(images[idx], None, captions=[captions[j] for j in idx.tolist()])
+        return ImageSet(images[idx], None, captions=[captions[j] for j in idx.tolist()], paths=[paths[j] for j in idx.tolist()])
 
     info = {"source": str(path), "rows": len(rows), "skipped": len(skipped), "skipped_rows": skipped[:SHOWN_SKIPS],
             "size": o["size"]}

@@ -26,6 +26,7 @@ class ImageSet(torch.utils.data.Dataset):
     classes:  class names indexed by label
     captions: one string per image (image-text data)
     masks:    (N, H, W) bool object masks (synthetic data)
+    paths:    the file each image was decoded from (folders, caption files), for ``selfsup embed``
     """
 
     images: torch.Tensor
@@ -33,12 +34,13 @@ class ImageSet(torch.utils.data.Dataset):
     classes: list[str] | None = None
     captions: list[str] | None = None
     masks: torch.Tensor | None = None
+    paths: list[str] | None = None
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
         n = len(self.images)
-        for name in ("labels", "captions", "masks"):
+        for name in ("labels", "captions", "masks", "paths"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries for {n} images")
@@ -71,6 +73,7 @@ class ImageSet(torch.utils.data.Dataset):
             labels=None if self.labels is None else self.labels[idx],
             captions=None if self.captions is None else [self.captions[i] for i in idx.tolist()],
             masks=None if self.masks is None else self.masks[idx],
+            paths=None if self.paths is None else [self.paths[i] for i in idx.tolist()],
         )
 
     @property

@@ -29,7 +29,8 @@ ignored silently.
 
 Decoded images are cached under ``cache_dir() / "folders"`` (never in the data folder), keyed by
 the folder's absolute path, its image files (relative path, size, mtime) and ``size``. The split
-(``test_fraction``, ``seed``) is cut after loading, so changing it does not decode again.
+(``test_fraction``, ``seed``) is cut after loading, so changing it does not decode again. Each
+split keeps the absolute path of every image it holds (``ImageSet.paths``, for ``selfsup embed``).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .apng .bmp .dib .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico".split()
 )
 OPTIONS = {"size": "32", "test_fraction": "0.2", "seed": "0"}
-CACHE_VERSION = 1  # bump when the decoding rules change
+CACHE_VERSION = 2  # bump when the decoding rules or the cached fields change
 IGNORED_DIRS = {"__MACOSX"}  # resource forks left by macOS zip files
 SHOWN_SKIPS = 5  # how many skipped files the warning names
 
@@ -360,17 +361,18 @@ def _decode_folder(root: Path, entries: list, size: int) -> tuple[dict, dict]:
     results = _decode_all(root, [rel for rel, _, _ in items], size)
     classes = sorted({c for _, _, c in items if c is not None}) or None
     index = {c: i for i, c in enumerate(classes or [])}
-    arrays, labels, in_test = [], [], []
+    arrays, labels, in_test, kept = [], [], [], []
     for (rel, split, c), res in zip(items, results):
         if isinstance(res, str):
             skipped.append((rel, res))
             continue
         arrays.append(res)
+        kept.append(rel)
         labels.append(index[c] if c is not None else -1)
         in_test.append(split == "test")
     skipped.sort()
     meta = {"version": CACHE_VERSION, "layout": layout, "classes": classes, "skipped": skipped,
-            "n_files": len(rels)}
+            "n_files": len(rels), "paths": kept}
     if not arrays:
         return {}, meta
     tensors = {
@@ -429,12 +431,13 @@ def load_folder(path: Path, options: dict, strict: bool = False) -> DatasetSplit
     images, in_test = tensors["images"], tensors["in_test"].bool()
     classes = meta["classes"]
     labels = tensors["labels"] if classes is not None else None
+    paths = [str(root / rel) for rel in meta["paths"]]
     info = {"source": str(path), "skipped": len(skipped), "skipped_files": skipped[:SHOWN_SKIPS],
             "layout": meta["layout"], "size": opts["size"], "cache": str(folder / f"{stem}.safetensors")}
 
     def make(idx: torch.Tensor) -> ImageSet:
         return ImageSet(images[idx], None if labels is None else labels[idx],
-                        classes=None if classes is None else list(classes))
+                        classes=None if classes is None else list(classes), paths=[paths[i] for i in idx.tolist()])
 
     if meta["layout"] == "train-test" and bool(in_test.any()):
         train_idx, test_idx = (~in_test).nonzero().flatten(), in_test.nonzero().flatten()

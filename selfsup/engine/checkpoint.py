@@ -13,7 +13,9 @@ from safetensors.torch import load_file, save_file, safe_open
 from ..errors import SelfSupError
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: readers
+    never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
@@ -29,7 +31,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
     """Write ``state`` to ``path`` atomically (a temporary file, then a rename): a crash mid-write
     leaves the previous checkpoint intact."""
     try:
-        _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+        atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
     except OSError as e:   # disk full, permissions, a vanished folder
         had = " the previous one is intact" if Path(path).is_file() else " no earlier checkpoint exists"
         raise SelfSupError(f"{path}: could not write the checkpoint ({e.strerror or e});{had}") from None
@@ -56,7 +58,7 @@ def load_checkpoint(path: Path, method: str | None = None) -> dict:
 def save_backbone(backbone: torch.nn.Module, meta: dict, path: Path) -> None:
     """The backbone's weights as safetensors, with what rebuilds it (name, channels, size, mean, std) as metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"selfsup": json.dumps(meta)}))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"selfsup": json.dumps(meta)}))
 
 
 def read_backbone(path: Path) -> tuple[dict, dict]:

@@ -21,6 +21,7 @@ from .. import models
 from ..config import TrainConfig, apply_overrides, split_overrides, to_dict
 from ..data.datasets import DatasetSplits, ImageSet, load_dataset
 from ..errors import SelfSupError
+from ..eval.monitor import make_monitor, parse_protocols
 from ..methods import DataInfo, Method, get_method
 from . import dist, rundir
 from .checkpoint import load_checkpoint, save_backbone, save_checkpoint
@@ -45,7 +46,8 @@ def validate(cfg: TrainConfig) -> None:
               ("weight_decay", cfg.weight_decay >= 0), ("warmup_epochs", cfg.warmup_epochs >= 0),
               ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0),
               ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0),
-              ("accumulate", cfg.accumulate > 0), ("skip_nonfinite", cfg.skip_nonfinite >= 0)]
+              ("accumulate", cfg.accumulate > 0), ("skip_nonfinite", cfg.skip_nonfinite >= 0),
+              ("monitor_every", cfg.monitor_every >= 0)]
     for name, ok in checks:
         if not ok:
             raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every', 'accumulate') else 'non-negative'}, got {getattr(cfg, name)}")
@@ -53,6 +55,7 @@ def validate(cfg: TrainConfig) -> None:
         raise SelfSupError(f"--set beta2={cfg.beta2}: must be in [0, 1)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise SelfSupError(f"--device {cfg.device}: expected auto, cpu or cuda")
+    parse_protocols(cfg.monitor)
     if cfg.backbone not in models.BACKBONES:
         raise SelfSupError(f"--backbone {cfg.backbone}: unknown backbone (known: {', '.join(models.BACKBONES)})")
 
@@ -323,6 +326,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
                 else contextlib.nullcontext())
     metrics = open(run_dir / "metrics.jsonl", "a") if (run_dir and main) else None
+    monitor = make_monitor(cfg, source.data, spe) if main else None
     bar = None
     if progress and main:
         from tqdm.auto import tqdm
@@ -409,6 +413,8 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                         window_logs[k] = window_logs.get(k, 0.0) + v
                 if step % cfg.log_every == 0 or step == total or step == 1:
                     log_row()
+                if monitor and monitor.due(step):
+                    monitor.run(method, step, spe, device, metrics)
                 if bar:
                     bar.update(min(bar.total, round(elapsed_before + time.time() - t0)) - bar.n if cfg.time_limit else 1)
                 due = (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or \
