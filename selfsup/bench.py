@@ -147,6 +147,13 @@ def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: di
     from .eval.evaluate import eval_splits
     from .eval.finetune import finetune
     train_split, _ = eval_splits(data, seed)
+    if "checkpoint" in kw:
+        from .eval.evaluate import load_backbone
+        space = load_backbone(kw["checkpoint"]).meta.get("input_space", "rgb")
+        if space != "rgb":
+            row.setdefault("notes", []).append(f"fine-tuning: {row['subject']}'s backbone sees {space}, which the "
+                                               "supervised fine-tuning does not feed yet")
+            return
     for fraction in FT_FRACTIONS:
         col = f"ft_{_pct(fraction)}"
         if len(label_subset(train_split, fraction, seed)) < MIN_FINETUNE:

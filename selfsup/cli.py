@@ -1,4 +1,4 @@
-"""The command line: ``selfsup train | eval | embed | export | report | data | demo``.
+"""The command line: ``selfsup train | eval | bench | embed | export | report | data | demo``.
 
 ``main(argv)`` takes an argument list (tests call it directly) and returns an exit status.
 Every user error is one line on stderr (``selfsup: error: ...``) and status 2, never a traceback.
@@ -133,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(ex)
     ex.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
     ex.add_argument("--format", default="safetensors,onnx", help="comma-separated: safetensors, onnx (default both)")
+
+    bn = sub.add_parser("bench", help="every method (or --methods) at a named budget beside the baselines",
+                        description="Pretrain each self-supervised method for the budget's minutes, then kNN, linear "
+                                    "(100%% and 1%% labels) and fine-tuning (1%%, 10%%, 100%%), beside the same network "
+                                    "trained from scratch (supervised), random-init and raw pixels. Writes OUT/bench.md, "
+                                    ".json, .csv, .png and updates --record's section; units are reused when commit and "
+                                    "config hash match. Exits 1 when any unit crashed or went non-finite.")
+    bn.add_argument("--methods", default=None, help="comma-separated (default: every self-supervised method)")
+    bn.add_argument("--data", default="fashion-mnist", help="a labelled dataset (default fashion-mnist)")
+    bn.add_argument("--data-dir", default=None)
+    bn.add_argument("--budget", default="smoke", help="smoke | cpu | gpu (selfsup/budgets.py)")
+    bn.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1; tables give mean ± std")
+    bn.add_argument("--out", default=None, help="folder (default runs/bench-BUDGET-DATA)")
+    bn.add_argument("--record", default="BENCHMARKS.md", metavar="FILE",
+                    help="markdown file whose bench section is rewritten (default BENCHMARKS.md)")
+    bn.add_argument("--no-record", action="store_true", help="do not touch --record's file")
 
     r = sub.add_parser("report", help="one self-contained HTML page about a run: curves, views, pictures, "
                                       "embedding map, nearest neighbours, evaluations")
@@ -296,6 +312,30 @@ def _export(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    import shlex
+
+    from .bench import bench, failed, markdown, record_section
+    summary = bench(methods=args.methods, data=args.data, budget=args.budget, seeds=args.seeds, out=args.out,
+                    data_dir=args.data_dir)
+    body = markdown(summary)
+    print(body)
+    command = [*(["--methods", args.methods] if args.methods else []), "--data", args.data, "--budget", args.budget,
+               "--seeds", str(args.seeds), *(["--out", args.out] if args.out else [])]
+    if not args.no_record:
+        name = f"bench-{summary['budget']['name']}-{summary['data'].split(':')[0]}"
+        record_section(Path(args.record), name, f"selfsup bench: {summary['data']}, budget {summary['budget']['name']}",
+                       body, "selfsup bench " + shlex.join(command))
+        print(f"recorded in {args.record} (section {name})")
+    print(f"tables and chart in {summary['out']} (bench.md, bench.json, bench.csv, bench.png)")
+    bad = failed(summary)
+    if bad:
+        print(f"selfsup: error: {len(bad)} unit(s) failed: " + "; ".join(
+            f"{r['subject']} seed {r['seed']}: {r['status']} ({r.get('error', '')})" for r in bad), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _report(args) -> int:
     from .report import build_report
     path = build_report(args.run_dir, data=args.data, out=args.out, data_dir=args.data_dir, seed=args.seed,
@@ -337,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "embed": _embed, "export": _export, "report": _report,
+        return {"train": _train, "eval": _eval, "bench": _bench, "embed": _embed, "export": _export, "report": _report,
                 "data": _data, "demo": _demo}[args.command](args)
     except SelfSupError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)

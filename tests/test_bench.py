@@ -1,0 +1,98 @@
+"""``selfsup bench``: the smoke budget over every registered method, a broken unit shown in its row
+with a non-zero exit, and results reused only when commit and config hash both match."""
+import csv
+import json
+
+import pytest
+
+from selfsup import bench as bench_mod
+from selfsup.cli import main
+from selfsup.methods import METHODS
+from selfsup.methods.rotation import Rotation
+
+DATA = "shapes:n=300,n_test=60,size=16"
+
+
+@pytest.mark.timeout(900)
+def test_smoke_bench_runs_every_registered_method(tmp_path, capsys):
+    record = tmp_path / "BENCHMARKS.md"
+    record.write_text("# Benchmarks\n\nkept text\n")
+    rc = main(["bench", "--budget", "smoke", "--data", DATA, "--out", str(tmp_path / "b"), "--record", str(record)])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "b" / "bench.json").read_text())
+    subjects = {r["subject"] for r in summary["rows"]}
+    ssl = {m for m, cls in METHODS.items() if not cls.uses_labels}
+    assert ssl | {"supervised", "random", "pixels"} == subjects
+    for r in summary["rows"]:
+        assert r["status"] == "ok", r
+        assert r["commit"] and len(r["config_hash"]) == 16
+    by = {(r["subject"], r["backbone"]): r for r in summary["rows"]}
+    for m in ssl:   # every method was trained, then probed and fine-tuned
+        r = next(v for (s, _), v in by.items() if s == m)
+        assert r["steps"] > 0 and 0 <= r["knn"] <= 1 and 0 <= r["linear_1pct"] <= 1 and 0 <= r["ft_100pct"] <= 1, r
+    assert "ft_100pct" in by[("supervised", "resnet18_quarter")] and "knn" not in by[("supervised", "resnet18_quarter")]
+    assert ("supervised", "vit_micro") in by   # MAE's ViT gets its own from-scratch arm
+    md = (tmp_path / "b" / "bench.md").read_text()
+    assert md.count("\n| ") == len(summary["table"]) + 1 and "Label efficiency at 1%" in md
+    rows = list(csv.DictReader(open(tmp_path / "b" / "bench.csv")))
+    assert len(rows) == len(summary["rows"])
+    assert (tmp_path / "b" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = record.read_text()
+    assert text.startswith("# Benchmarks\n\nkept text") and "<!-- bench:bench-smoke-shapes -->" in text
+    assert "selfsup bench --data" in text
+
+
+def test_a_broken_unit_shows_in_its_row_and_fails_the_command(tmp_path, monkeypatch, capsys):
+    def nan_forward(self, batch):
+        loss = self.head(self.backbone(batch["images"].float())).sum()
+        return loss * float("nan"), {}
+    monkeypatch.setattr(Rotation, "forward", nan_forward)
+    rc = main(["bench", "--budget", "smoke", "--data", DATA, "--methods", "rotation,simclr", "--out",
+               str(tmp_path / "b"), "--no-record"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "rotation seed 0: non-finite" in err and "Traceback" not in err
+    rows = {r["subject"]: r for r in json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]}
+    assert rows["rotation"]["status"] == "non-finite" and "diverged" in rows["rotation"]["error"]
+    assert rows["simclr"]["status"] == "ok" and rows["pixels"]["status"] == "ok"   # the others went on
+    assert "non-finite" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_units_are_reused_only_when_commit_and_config_match(tmp_path, monkeypatch):
+    calls = []
+    real = bench_mod.run_unit
+    monkeypatch.setattr(bench_mod, "run_unit", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(bench_mod, "clean_commit", lambda: "c1")
+    kw = dict(methods="rotation", data=DATA, budget="smoke", out=tmp_path / "b", log=lambda *_: None)
+    first = bench_mod.bench(**kw)
+    n = len(calls)
+    assert n == len(first["rows"]) == 4   # rotation, supervised, random, pixels
+    again = bench_mod.bench(**kw)
+    assert len(calls) == n and again["rows"] == first["rows"]          # all reused
+    monkeypatch.setattr(bench_mod, "clean_commit", lambda: "c2")       # another commit: all run again
+    bench_mod.bench(**kw)
+    assert len(calls) == 2 * n
+    monkeypatch.setattr(bench_mod, "clean_commit", lambda: None)       # a modified checkout: nothing reused
+    bench_mod.bench(**kw)
+    assert len(calls) == 3 * n
+
+
+def test_config_hash_changes_with_what_decides_a_unit():
+    from selfsup.budgets import get_budget
+    from selfsup.data.datasets import load_dataset
+    data = load_dataset(DATA)
+    key = lambda seed, budget: bench_mod.config_hash(bench_mod.unit_key("rotation", "resnet18_quarter", data, seed, get_budget(budget)))  # noqa: E731
+    assert key(0, "smoke") == key(0, "smoke")
+    assert len({key(0, "smoke"), key(1, "smoke"), key(0, "cpu")}) == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nope"], "--methods nope: unknown method"),
+    (["--methods", "supervised"], "--methods supervised: uses labels"),
+    (["--budget", "huge"], "--budget huge: unknown budget"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+])
+def test_bad_bench_options_are_one_line_errors(argv, message, tmp_path, capsys):
+    assert main(["bench", "--data", DATA, "--out", str(tmp_path / "b"), "--no-record", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selfsup: error: ") and message in err and "\n" not in err
