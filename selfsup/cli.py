@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(optimizer, weight_decay, warmup_epochs, grad_clip, checkpoint_every_steps, ...) are set with "
         "--set key=value or a JSON/YAML --config file."))
     t.add_argument("method", help=f"one of: {', '.join(METHODS)}")
-    t.add_argument("--data", default=None, help="dataset name (fashion-mnist, shapes, photos; options as name:key=value,...) or an image folder")
+    t.add_argument("--data", default=None, help="dataset name (fashion-mnist, shapes, photos; options as name:key=value,...), "
+                                                 "an image folder (path:stream=true reads it lazily), a folder of shards or a captions file")
     t.add_argument("--backbone", default=None, help=f"one of: {', '.join(BACKBONES)} (default: the method's)")
     t.add_argument("--epochs", type=float, default=None)
     t.add_argument("--batch-size", type=int, default=None, help="per process (and per micro-batch with --accumulate)")
@@ -159,13 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="which images are sampled for views, map and queries")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    d = sub.add_parser("data", help="list datasets or describe one")
+    d = sub.add_parser("data", help="list datasets, describe one or write it as shards")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dsub.add_parser("list", help="built-in datasets")
     di = dsub.add_parser("info", help="splits, sizes, classes of a dataset")
     di.add_argument("data")
     di.add_argument("--data-dir", default=None)
     di.add_argument("--download", action="store_true")
+    sh = dsub.add_parser("shard", help="write a dataset as WebDataset tar shards, to stream it", description=(
+        "Write SOURCE as OUT/train/shard-000000.tar, ... (and OUT/test/ when it has a test split) plus "
+        "OUT/index.json. Each sample is KEY.png (or .jpg), KEY.cls (label) and KEY.txt (caption) when known. "
+        "Train from it with --data OUT."))
+    sh.add_argument("source", help="any DATA: a dataset name with options, a folder (read streamed), a captions file, shards")
+    sh.add_argument("--out", required=True, help="folder to write (new or empty)")
+    sh.add_argument("--shard-mb", type=float, default=256, help="size of each shard in MiB (default 256)")
+    sh.add_argument("--format", choices=["png", "jpg"], default="png", help="png: lossless (default); jpg: quality 95")
+    sh.add_argument("--overwrite", action="store_true", help="replace shards written before in --out")
+    sh.add_argument("--data-dir", default=None)
+    sh.add_argument("--download", action="store_true")
+    sh.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping it")
 
     m = sub.add_parser("demo", help="pretrain SimCLR on Fashion-MNIST for a few minutes, then compare with the baselines")
     m.add_argument("--minutes", type=float, default=10.0, help="training time")
@@ -351,7 +364,18 @@ def _data(args) -> int:
         from .data import fashion_mnist, folder, photos, shapes  # noqa: F401  (fill the registry)
         for name in sorted(DATASETS):
             print(name)
-        print("(or a path: a folder of images; class sub-folders give labels, train/ and test/ give splits)")
+        print("(or a path: a folder of images, class sub-folders give labels, train/ and test/ give splits; "
+              "a folder of WebDataset shards; a captions CSV/JSONL file)")
+        return 0
+    if args.data_command == "shard":
+        from .data.shards import write_shards
+        index = write_shards(args.source, args.out, shard_mb=args.shard_mb, image_format=args.format,
+                             overwrite=args.overwrite, data_dir=args.data_dir, download=args.download, strict=args.strict)
+        counts = " / ".join(f"{s['samples']} {name}" for name, s in index["splits"].items())
+        extras = "".join(f", {k}" for k in ("labels", "captions") if index[k])
+        n = sum(len(s["shards"]) for s in index["splits"].values())
+        print(f"wrote {n} shard(s) to {args.out}: {counts} images ({index['channels']} channel(s), "
+              f"{index['image_size']} px, {index['image_format']}{extras})")
         return 0
     ds = load_dataset(args.data, data_dir=args.data_dir, download=args.download)
     info = {"name": ds.name, "fingerprint": ds.fingerprint, **ds.info}

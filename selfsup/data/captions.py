@@ -27,7 +27,8 @@ from .folder import SHOWN_SKIPS, BadImage, decode_image, parse_options, stack_im
 
 log = logging.getLogger("selfsup")
 
-OPTIONS = {"image": "image", "caption": "caption", "split": "", **FOLDER_OPTIONS}
+IMAGE_OPTIONS = {k: FOLDER_OPTIONS[k] for k in ("size", "test_fraction", "seed")}  # not streamed
+OPTIONS = {"image": "image", "caption": "caption", "split": "", **IMAGE_OPTIONS}
 SUFFIXES = (".csv", ".jsonl")
 
 
@@ -64,7 +65,7 @@ def _options(options: dict) -> dict:
     if unknown:
         raise SelfSupError(f"captions file: unknown option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
     columns = {k: str(options.get(k, OPTIONS[k])) for k in ("image", "caption", "split")}
-    return {**columns, **parse_options({k: v for k, v in options.items() if k not in columns})}
+    return {**columns, **parse_options({k: v for k, v in options.items() if k not in columns}, IMAGE_OPTIONS)}
 
 
 def load_captions(path: Path, options: dict, strict: bool = False) -> DatasetSplits:

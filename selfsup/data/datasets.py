@@ -2,7 +2,9 @@
 
 Every dataset resolves to a :class:`DatasetSplits`: a ``train`` and (where known) a ``test``
 :class:`ImageSet`, each holding one uint8 tensor ``(N, C, H, W)`` plus labels, class names,
-captions and object masks where the source has them.
+captions and object masks where the source has them. Sets larger than memory (shards, streamed
+folders) give :class:`~selfsup.data.stream.StreamSet` splits instead, which read images on demand
+and offer the same attributes.
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ class ImageSet(torch.utils.data.Dataset):
 
 @dataclass
 class DatasetSplits:
-    """A named dataset: its splits and a fingerprint of the content (for provenance and caches)."""
+    """A named dataset: its splits (ImageSet or StreamSet) and a fingerprint of the content (for provenance and caches)."""
 
     name: str
     train: ImageSet
@@ -109,11 +111,15 @@ class DatasetSplits:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for split in (self.train, self.test):
-            if split is not None:
-                h.update(str(tuple(split.images.shape)).encode())
-                h.update(split.images[:: max(1, len(split) // 256)].numpy().tobytes())
-                if split.labels is not None:
-                    h.update(split.labels.numpy().tobytes())
+            if split is None:
+                continue
+            if not isinstance(split, ImageSet):  # a StreamSet: where its images lie, not their pixels
+                h.update(split.fingerprint().encode())
+                continue
+            h.update(str(tuple(split.images.shape)).encode())
+            h.update(split.images[:: max(1, len(split) // 256)].numpy().tobytes())
+            if split.labels is not None:
+                h.update(split.labels.numpy().tobytes())
         return h.hexdigest()[:16]
 
 
@@ -186,7 +192,9 @@ def load_dataset(spec: str, data_dir: str | None = None, download: bool = False,
     """Resolve a dataset name (``fashion-mnist``, ``shapes``, with ``:key=value`` options) or a path.
 
     A path may be a folder of images (class sub-folders give labels, ``train/``/``test/`` give
-    splits) or an image-caption file (``.csv`` / ``.jsonl``, :mod:`selfsup.data.captions`). Unknown names and missing paths raise :class:`SelfSupError` naming them.
+    splits; ``:stream=true`` reads it lazily), a folder of WebDataset shards
+    (:mod:`selfsup.data.shards`) or an image-caption file (``.csv`` / ``.jsonl``,
+    :mod:`selfsup.data.captions`). Unknown names and missing paths raise :class:`SelfSupError` naming them.
     """
     from . import fashion_mnist, folder, photos, shapes  # noqa: F401  (registers the built-in datasets)
 
@@ -196,6 +204,9 @@ def load_dataset(spec: str, data_dir: str | None = None, download: bool = False,
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir():
+            from . import shards
+            if shards.is_shard_folder(path):
+                return shards.load_shards(path, options=options, strict=strict)
             return folder.load_folder(path, options=options, strict=strict)
         from . import captions
         if path.suffix.lower() in captions.SUFFIXES:

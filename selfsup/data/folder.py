@@ -31,10 +31,17 @@ Decoded images are cached under ``cache_dir() / "folders"`` (never in the data f
 the folder's absolute path, its image files (relative path, size, mtime) and ``size``. The split
 (``test_fraction``, ``seed``) is cut after loading, so changing it does not decode again. Each
 split keeps the absolute path of every image it holds (``ImageSet.paths``, for ``selfsup embed``).
+
+``stream=true`` decodes nothing up front, for folders larger than memory: each file's header is
+read once (the result cached beside the decodings) to find unreadable files and the channels, and
+the splits are :class:`~selfsup.data.stream.StreamSet` s that decode an image when it is asked for
+(in the DataLoader workers during training), keeping at most ``cache_mb`` MiB of decoded images.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -56,7 +63,7 @@ log = logging.getLogger("selfsup")
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .apng .bmp .dib .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico".split()
 )
-OPTIONS = {"size": "32", "test_fraction": "0.2", "seed": "0"}
+OPTIONS = {"size": "32", "test_fraction": "0.2", "seed": "0", "stream": "false", "cache_mb": "512"}
 CACHE_VERSION = 2  # bump when the decoding rules or the cached fields change
 IGNORED_DIRS = {"__MACOSX"}  # resource forks left by macOS zip files
 SHOWN_SKIPS = 5  # how many skipped files the warning names
@@ -66,29 +73,43 @@ SHOWN_SKIPS = 5  # how many skipped files the warning names
 # options
 
 
-def parse_options(options: dict) -> dict:
-    """Check and convert the folder options (strings from a spec, or numbers) -> size, test_fraction, seed."""
-    unknown = sorted(set(options) - set(OPTIONS))
+def _in_range(value, lo, hi, hi_open=False):
+    if not lo <= value <= hi or (hi_open and value == hi):
+        raise ValueError
+    return value
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError
+    return value.lower() in ("true", "1", "yes")
+
+
+# option -> (convert, or raise ValueError; what a valid value is)
+OPTION_RULES = {
+    "size": (lambda v: _in_range(int(v), 1, 4096), "an integer in [1, 4096]"),
+    "test_fraction": (lambda v: _in_range(float(v), 0.0, 1.0, hi_open=True), "a number in [0, 1)"),
+    "seed": (int, "an integer"),
+    "stream": (_boolean, "true or false"),
+    "cache_mb": (lambda v: _in_range(int(v), 0, 2**30), "a non-negative integer (MiB)"),
+}
+
+
+def parse_options(options: dict, defaults: dict = OPTIONS, what: str = "folder") -> dict:
+    """Check and convert image-set options (strings from a spec, or numbers): the keys of ``defaults``
+    among size, test_fraction, seed, stream, cache_mb. Errors name ``what`` and the option."""
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise SelfSupError(f"folder: unknown option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
-    raw = {**OPTIONS, **{k: str(v) for k, v in options.items()}}
-    try:
-        size = int(raw["size"])
-        if not 1 <= size <= 4096:
-            raise ValueError
-    except ValueError:
-        raise SelfSupError(f"folder: option size={raw['size']!r} must be an integer in [1, 4096]") from None
-    try:
-        test_fraction = float(raw["test_fraction"])
-        if not 0.0 <= test_fraction < 1.0:
-            raise ValueError
-    except ValueError:
-        raise SelfSupError(f"folder: option test_fraction={raw['test_fraction']!r} must be a number in [0, 1)") from None
-    try:
-        seed = int(raw["seed"])
-    except ValueError:
-        raise SelfSupError(f"folder: option seed={raw['seed']!r} must be an integer") from None
-    return {"size": size, "test_fraction": test_fraction, "seed": seed}
+        raise SelfSupError(f"{what}: unknown option(s) {', '.join(unknown)} (known: {', '.join(defaults)})")
+    raw = {**defaults, **{k: str(v) for k, v in options.items()}}
+    out = {}
+    for key, value in raw.items():
+        convert, valid = OPTION_RULES[key]
+        try:
+            out[key] = convert(value)
+        except ValueError:
+            raise SelfSupError(f"{what}: option {key}={value!r} must be {valid}") from None
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,15 +157,31 @@ def to_l_or_rgb(im: Image.Image) -> Image.Image:
         raise BadImage(f"unsupported mode {mode}") from None
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
-    if path.is_dir():
+GREY_MODES = ("1", "L", "LA", "La", "I", "F")  # modes that to_l_or_rgb turns into L (and I;16*)
+
+
+def _open(source: Path | bytes):
+    """What Image.open takes: the path, or the bytes of an encoded image (a tar member)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise BadImage("empty file")
+        return io.BytesIO(source)
+    if source.is_dir():
         raise BadImage("is a directory")
-    if path.stat().st_size == 0:
+    if source.stat().st_size == 0:
         raise BadImage("empty file")
-    with Image.open(path) as im:
-        limit = Image.MAX_IMAGE_PIXELS  # Pillow raises above 2x this and only warns above 1x
-        if limit is not None and im.width * im.height > limit:
-            raise BadImage(f"decompression bomb ({im.width}x{im.height} pixels)")
+    return source
+
+
+def _check_pixels(im: Image.Image) -> None:
+    limit = Image.MAX_IMAGE_PIXELS  # Pillow raises above 2x this and only warns above 1x
+    if limit is not None and im.width * im.height > limit:
+        raise BadImage(f"decompression bomb ({im.width}x{im.height} pixels)")
+
+
+def _decode(source: Path | bytes, size: int) -> np.ndarray:
+    with Image.open(_open(source)) as im:
+        _check_pixels(im)
         if im.format == "JPEG":
             im.draft(None, (size, size))  # DCT-domain downscale, still >= size on each side
         im.load()
@@ -160,10 +197,11 @@ def _decode(path: Path, size: int) -> np.ndarray:
         return np.asarray(im)
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """Decode one file to ``(size, size)`` (grey) or ``(size, size, 3)`` uint8, or raise :class:`BadImage`."""
+@contextlib.contextmanager
+def _reasons():
+    """Turn whatever a decoder of an untrusted file raises into a :class:`BadImage` with a short reason."""
     try:
-        return _decode(path, size)
+        yield
     except BadImage:
         raise
     except Image.DecompressionBombError:
@@ -179,6 +217,20 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         if "truncated" in msg.lower():
             raise BadImage("truncated") from None
         raise BadImage(f"corrupt ({type(e).__name__}: {msg[:80]})" if msg else f"corrupt ({type(e).__name__})") from None
+
+
+def decode_image(source: Path | bytes, size: int) -> np.ndarray:
+    """Decode a file (or its bytes) to ``(size, size)`` (grey) or ``(size, size, 3)`` uint8, or raise :class:`BadImage`."""
+    with _reasons():
+        return _decode(source, size)
+
+
+def peek_channels(source: Path | bytes) -> int:
+    """The channels (1 or 3) :func:`decode_image` will give, from the image's header alone (no
+    pixels decoded), or raise :class:`BadImage` for what the header already shows to be unusable."""
+    with _reasons(), Image.open(_open(source)) as im:
+        _check_pixels(im)
+        return 1 if im.mode in GREY_MODES or im.mode.startswith("I;16") else 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +346,8 @@ def _read_cache(folder: Path, stem: str) -> tuple[dict, dict] | None:
     return tensors, meta
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename onto ``path``: readers never see a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -311,26 +364,51 @@ def _write_cache(folder: Path, stem: str, tensors: dict, meta: dict) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # tensors first: a JSON without its tensors is never seen
-        _atomic_write(folder / f"{stem}.safetensors", lambda p: save_file(tensors, p))
-        _atomic_write(folder / f"{stem}.json", lambda p: Path(p).write_text(json.dumps(meta)))
-        prefix = stem.split("-")[0] + "-"
-        for old in folder.glob(prefix + "*"):  # older decodings of the same folder at the same size
-            if not old.name.startswith(stem + ".") and not old.name.endswith(".tmp"):
-                old.unlink(missing_ok=True)
+        atomic_write(folder / f"{stem}.safetensors", lambda p: save_file(tensors, p))
+        atomic_write(folder / f"{stem}.json", lambda p: Path(p).write_text(json.dumps(meta)))
+        drop_older(folder, stem)
     except OSError as e:
         log.warning("could not write the dataset cache in %s (%s); the folder will be decoded again next time", folder, e)
+
+
+def drop_older(folder: Path, stem: str) -> None:
+    """Remove what the cache holds for older file lists of the same folder at the same size."""
+    prefix = stem.split("-")[0] + "-"
+    for old in folder.glob(prefix + "*"):
+        if not old.name.startswith(stem + ".") and not old.name.endswith(".tmp"):
+            old.unlink(missing_ok=True)
+
+
+def _read_checks(folder: Path, stem: str, n: int, decoded: bool) -> list | None:
+    """A streamed folder's cached per-file checks, if they cover ``n`` files (and were decodes when ``decoded``)."""
+    try:
+        meta = json.loads((folder / f"{stem}.checks.json").read_text())
+    except Exception:  # missing, corrupt
+        return None
+    ok = meta.get("version") == CACHE_VERSION and len(meta.get("checks", ())) == n and (meta.get("decoded") or not decoded)
+    return meta["checks"] if ok else None
+
+
+def _write_checks(folder: Path, stem: str, checks: list, decoded: bool) -> None:
+    meta = {"version": CACHE_VERSION, "decoded": decoded, "checks": checks}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / f"{stem}.checks.json", lambda p: Path(p).write_text(json.dumps(meta)))
+        drop_older(folder, stem)
+    except OSError as e:
+        log.warning("could not write the dataset cache in %s (%s); the folder will be checked again next time", folder, e)
 
 
 # --------------------------------------------------------------------------------------------
 # loading
 
 
-def _decode_all(root: Path, rels: list[str], size: int) -> list[np.ndarray | str]:
-    """Decode files in order; each result is an array or the reason the file was skipped."""
+def _per_file(root: Path, rels: list[str], fn) -> list:
+    """``fn(path)`` for each file, in order, on a thread pool; a :class:`BadImage` gives its reason (a str)."""
 
     def one(rel: str):
         try:
-            return decode_image(root / rel.rstrip("/"), size)
+            return fn(root / rel.rstrip("/"))
         except BadImage as e:
             return str(e)
 
@@ -358,7 +436,7 @@ def _decode_folder(root: Path, entries: list, size: int) -> tuple[dict, dict]:
     rels = [e[0] for e in entries]
     layout, items, outside = _layout(root, rels)
     skipped = list(outside)
-    results = _decode_all(root, [rel for rel, _, _ in items], size)
+    results = _per_file(root, [rel for rel, _, _ in items], lambda p: decode_image(p, size))
     classes = sorted({c for _, _, c in items if c is not None}) or None
     index = {c: i for i, c in enumerate(classes or [])}
     arrays, labels, in_test, kept = [], [], [], []
@@ -383,7 +461,8 @@ def _decode_folder(root: Path, entries: list, size: int) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _report_skips(root: Path, skipped: list, strict: bool) -> None:
+def report_skips(root: Path, skipped: list, strict: bool) -> None:
+    """One warning counting the skipped ``(relative path, reason)`` pairs and naming the first few; with ``strict``, an error naming the first."""
     if not skipped:
         return
     skipped = [(rel.rstrip("/"), reason) for rel, reason in skipped]
@@ -400,7 +479,9 @@ def load_folder(path: Path, options: dict, strict: bool = False) -> DatasetSplit
     """Load a folder of images as uint8 ``(N, C, size, size)`` splits (see the module docstring).
 
     options: ``size`` (default 32), ``test_fraction`` (0.2; 0 = no test split unless ``test/``
-    exists), ``seed`` (0). ``strict=True`` raises on the first unreadable file instead of skipping.
+    exists), ``seed`` (0), ``stream`` (false: decode all into memory; true: :func:`stream_folder`)
+    and ``cache_mb`` (512, streamed only). ``strict=True`` raises on the first unreadable file
+    instead of skipping.
     """
     opts = parse_options(dict(options))
     path = Path(path).expanduser()
@@ -413,6 +494,8 @@ def load_folder(path: Path, options: dict, strict: bool = False) -> DatasetSplit
     if not entries:
         exts = " ".join(sorted(IMAGE_EXTENSIONS))
         raise SelfSupError(f"{path}: no images found (looked for files ending in {exts})")
+    if opts["stream"]:
+        return stream_folder(path, root, entries, opts, strict)
 
     folder, stem = _cache_paths(root, entries, opts["size"])
     cached = _read_cache(folder, stem)
@@ -426,26 +509,62 @@ def load_folder(path: Path, options: dict, strict: bool = False) -> DatasetSplit
     if not tensors:
         rel, reason = skipped[0]
         raise SelfSupError(f"{path}: none of its {meta['n_files']} image files could be read (first: {rel.rstrip('/')}: {reason})")
-    _report_skips(path, skipped, strict)
+    report_skips(path, skipped, strict)
 
-    images, in_test = tensors["images"], tensors["in_test"].bool()
     classes = meta["classes"]
-    labels = tensors["labels"] if classes is not None else None
-    paths = [str(root / rel) for rel in meta["paths"]]
+    whole = ImageSet(tensors["images"], tensors["labels"] if classes is not None else None, classes=classes,
+                     paths=[str(root / rel) for rel in meta["paths"]])
     info = {"source": str(path), "skipped": len(skipped), "skipped_files": skipped[:SHOWN_SKIPS],
             "layout": meta["layout"], "size": opts["size"], "cache": str(folder / f"{stem}.safetensors")}
+    return _splits(path, whole, tensors["in_test"].bool(), meta["layout"], opts, info)
 
-    def make(idx: torch.Tensor) -> ImageSet:
-        return ImageSet(images[idx], None if labels is None else labels[idx],
-                        classes=None if classes is None else list(classes), paths=[paths[i] for i in idx.tolist()])
 
-    if meta["layout"] == "train-test" and bool(in_test.any()):
+def _splits(path: Path, whole, in_test: torch.Tensor, layout: str, opts: dict, info: dict) -> DatasetSplits:
+    """Cut ``whole`` (an ImageSet or StreamSet) into train/test: by the ``train/``/``test/`` folders, or stratified."""
+    if layout == "train-test" and bool(in_test.any()):
         train_idx, test_idx = (~in_test).nonzero().flatten(), in_test.nonzero().flatten()
         if len(train_idx) == 0:
             raise SelfSupError(f"{path}/train: no readable images")
         info["split"] = "folders"
     else:
-        train_idx, test_idx = stratified_split(labels, len(images), opts["test_fraction"], opts["seed"])
+        train_idx, test_idx = stratified_split(whole.labels, len(whole), opts["test_fraction"], opts["seed"])
         info.update(split="stratified", test_fraction=opts["test_fraction"], seed=opts["seed"])
-    test = make(test_idx) if len(test_idx) else None
-    return DatasetSplits(name=str(path), train=make(train_idx), test=test, info=info)
+    test = whole.subset(test_idx) if len(test_idx) else None
+    return DatasetSplits(name=str(path), train=whole.subset(train_idx), test=test, info=info)
+
+
+def stream_folder(path: Path, root: Path, entries: list, opts: dict, strict: bool) -> DatasetSplits:
+    """The scanned folder as :class:`~selfsup.data.stream.StreamSet` splits: nothing is decoded
+    up front. Labels come from the layout; each file's header is read once (cached like decodings)
+    to find unreadable files and the channels, or, with ``strict``, each file is decoded once."""
+    from .stream import StreamSet
+
+    size = opts["size"]
+    layout, items, outside = _layout(root, [e[0] for e in entries])
+    folder, stem = _cache_paths(root, entries, size)
+    checks = _read_checks(folder, stem, len(items), decoded=strict)
+    if checks is None:
+        check = (lambda p: 1 if decode_image(p, size).ndim == 2 else 3) if strict else peek_channels
+        checks = _per_file(root, [rel for rel, _, _ in items], check)
+        _write_checks(folder, stem, checks, decoded=strict)
+    skipped = sorted(outside + [(rel, c) for (rel, _, _), c in zip(items, checks) if isinstance(c, str)])
+    usable = [(rel, split, cls, c) for (rel, split, cls), c in zip(items, checks) if not isinstance(c, str)]
+    if not usable:
+        rel, reason = skipped[0]
+        raise SelfSupError(f"{path}: none of its {len(entries)} image files could be read (first: {rel.rstrip('/')}: {reason})")
+    report_skips(path, skipped, strict)
+
+    classes = sorted({cls for _, _, cls in items if cls is not None}) or None
+    index = {c: i for i, c in enumerate(classes or [])}
+    nbytes = {rel: n for rel, n, _ in entries}
+    whole = StreamSet(
+        files=[str(root / rel) for rel, _, _, _ in usable],
+        where=np.array([[i, 0, nbytes[rel]] for i, (rel, _, _, _) in enumerate(usable)], dtype=np.int64),
+        names=[str(path / rel) for rel, _, _, _ in usable],
+        size=size, channels=1 if all(c == 1 for *_, c in usable) else 3,
+        labels=torch.tensor([index[cls] for _, _, cls, _ in usable]) if classes else None,
+        classes=classes, cache_mb=opts["cache_mb"], strict=strict)
+    info = {"source": str(path), "skipped": len(skipped), "skipped_files": skipped[:SHOWN_SKIPS], "layout": layout,
+            "size": size, "stream": True, "cache_mb": opts["cache_mb"]}
+    in_test = torch.tensor([split == "test" for _, split, _, _ in usable])
+    return _splits(path, whole, in_test, layout, opts, info)

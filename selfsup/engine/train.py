@@ -20,6 +20,7 @@ from torch import nn
 from .. import models
 from ..config import TrainConfig, apply_overrides, split_overrides, to_dict
 from ..data.datasets import DatasetSplits, ImageSet, load_dataset
+from ..data.stream import StreamSet
 from ..errors import SelfSupError
 from ..eval.monitor import make_monitor, parse_protocols
 from ..methods import DataInfo, Method, get_method
@@ -86,7 +87,7 @@ def as_image_set(data, cfg: TrainConfig) -> ImageSet | torch.utils.data.Dataset:
         if data.dim() == 3:
             data = data.unsqueeze(1)
         data = ImageSet(data)
-    if isinstance(data, ImageSet) and cfg.subset and cfg.subset < len(data):
+    if isinstance(data, (ImageSet, StreamSet)) and cfg.subset and cfg.subset < len(data):
         g = torch.Generator().manual_seed(cfg.seed)
         data = data.subset(torch.randperm(len(data), generator=g)[: cfg.subset].sort().values)
     if len(data) == 0:
@@ -111,11 +112,25 @@ def _collate(items: list) -> dict:
     raise SelfSupError(f"dataset items must be uint8 image tensors, (image, label) pairs or dicts; got {type(first).__name__}")
 
 
+class _EpochBatches:
+    """The batch sampler of a BatchSource's one DataLoader: the index lists of the epoch being read."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class BatchSource:
     """Yields the batches of an epoch for this process, deterministically from (seed, epoch).
 
     In-memory ImageSets are indexed directly (one gather per batch); other torch Datasets go
-    through a DataLoader over the same index order (``num_workers`` decode in parallel).
+    through a DataLoader over the same index order (``num_workers`` decode in parallel). Its
+    workers live for the whole run, so what a streamed set caches in them outlasts an epoch.
     Each process takes its own interleaved slice of every global batch.
     """
 
@@ -126,6 +141,7 @@ class BatchSource:
         self.steps_per_epoch = len(data) // self.global_batch
         if self.steps_per_epoch == 0:
             raise SelfSupError(f"--batch-size {batch_size} x {world} process(es) is larger than the dataset ({len(data)} images)")
+        self._batches, self._loader = _EpochBatches(), None
 
     def order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -144,14 +160,16 @@ class BatchSource:
         if isinstance(self.data, ImageSet):
             for i in idx:
                 yield self.data.batch(i)
-        else:
-            loader = torch.utils.data.DataLoader(self.data, batch_sampler=[i.tolist() for i in idx],
-                                                 num_workers=self.num_workers, collate_fn=_collate)
-            yield from loader
+            return
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(self.data, batch_sampler=self._batches, num_workers=self.num_workers,
+                                                       collate_fn=_collate, persistent_workers=self.num_workers > 0)
+        self._batches.batches = [i.tolist() for i in idx]
+        yield from self._loader
 
 
 def data_info(data, num_classes: int = 0) -> DataInfo:
-    if isinstance(data, ImageSet):
+    if isinstance(data, (ImageSet, StreamSet)):
         mean, std = data.mean_std()
         sample = data.images[0]
         num_classes = num_classes or data.num_classes
@@ -516,6 +534,6 @@ def load_method(run_dir: str | Path) -> Method:
 
 
 def _fingerprint(images) -> str | None:
-    if isinstance(images, ImageSet):
+    if isinstance(images, (ImageSet, StreamSet)):
         return DatasetSplits("data", images).fingerprint
     return None

@@ -74,9 +74,10 @@ def extract(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, dev
     return extract_many(encoder, images, [(layer, pool)], batch_size, device)[(layer, pool)]
 
 
-def raw_pixels(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """The raw-pixel baseline's features: normalised pixels, flattened (N, C*H*W)."""
-    x = images.float().div(255)
+def raw_pixels(images, mean, std, batch_size: int = 4096) -> torch.Tensor:
+    """The raw-pixel baseline's features: normalised pixels, flattened (N, C*H*W). ``images`` is
+    uint8 (N, C, H, W) or a streamed split's images (read a batch at a time)."""
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    return ((x - m) / s).flatten(1)
+    return torch.cat([((images[i:i + batch_size].float().div(255) - m) / s).flatten(1)
+                      for i in range(0, len(images), batch_size)])
