@@ -92,7 +92,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "eval", "report", "data", "demo"):
+    for cmd in ("train", "eval", "bench", "embed", "export", "report", "data", "demo"):
         assert cmd in out
 
 
