@@ -48,15 +48,15 @@ def run_attention(data, seed: int, budget, out: Path) -> dict:
     return row
 
 
-def table(rows: list[dict], att: list[dict], budget, seeds: int) -> str:
+def table(rows: list[dict], att: list[dict], budget, seeds: int, note: str = "") -> str:
     lines = []
     for ds in DATASETS:
         sub = [r for r in rows if r["data"] == ds]
         if not sub:
             continue
         lines += [f"\n**{ds}** ({DATASETS[ds]})\n",
-                  "| subject | kNN | linear | beats both baselines? kNN / linear | stage chosen on val (per seed) | epochs in budget | images/s |",
-                  "|---|---:|---:|---|---|---:|---:|"]
+                  "| subject | kNN | linear | beats both baselines? kNN / linear | stage chosen on val (per seed) | steps (per seed) | epochs in budget | images/s |",
+                  "|---|---:|---:|---|---|---:|---:|---:|"]
         for name in METHODS + ["random", "pixels"]:
             rs = sorted([r for r in sub if r["method"] == name], key=lambda r: r["seed"])
             if not rs:
@@ -65,8 +65,9 @@ def table(rows: list[dict], att: list[dict], budget, seeds: int) -> str:
             stages = ", ".join(str(r["layer"] or "last") for r in rs) if name != "pixels" else "—"
             ep = f"{statistics.mean(r['epochs'] for r in rs):.2f}" if "epochs" in rs[0] else "—"
             ips = f"{statistics.mean(r['images_per_s'] for r in rs):.0f}" if "images_per_s" in rs[0] else "—"
+            steps = ", ".join(str(r["steps"]) for r in rs) if "steps" in rs[0] else "—"
             lines.append(f"| {label} | {ms([r['knn'] for r in rs])} | {ms([r['linear'] for r in rs])} | {verdict(rs, sub)} "
-                         f"| {stages} | {ep} | {ips} |")
+                         f"| {stages} | {steps} | {ep} | {ips} |")
     if att:
         lines += [f"\n**DINO attention on shapes** (`dino --backbone {budget.vit}`, {len(att)} seed(s); "
                   "last block's CLS attention, mean over heads and the first 1000 test images)\n",
@@ -83,7 +84,7 @@ def table(rows: list[dict], att: list[dict], budget, seeds: int) -> str:
             f"{seeds} seed(s), mean ± sample std. Probes (kNN k=200 T=0.1, linear) on the official test split "
             "(shapes: its fixed 2k test set), on the stage chosen per run by kNN on a validation sixth of the "
             "labelled train split (the same selection for the random-init backbone); raw pixels have no stages. "
-            "DINO's saved backbone is its EMA teacher.\n" + "\n".join(lines))
+            "DINO's saved backbone is its EMA teacher.\n" + (f"\n{note}\n" if note else "") + "\n".join(lines))
 
 
 def main():
@@ -93,6 +94,7 @@ def main():
     ap.add_argument("--attention-seeds", type=int, default=1)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=None, help="default runs/bench-BUDGET (shared with benchmarks/pretext.py)")
+    ap.add_argument("--note", default="", help="a remark recorded with the table (e.g. how the runs were made)")
     args = ap.parse_args()
     budget = get_budget(args.budget)
     out = Path(args.out or f"runs/bench-{budget.name}")
@@ -108,7 +110,7 @@ def main():
                 rows.append(run_one(method, ds, data, seed, budget, out))
     for seed in range(args.attention_seeds):
         att.append(run_attention(loaded["shapes"], seed, budget, out))
-    body = table(rows, att, budget, args.seeds)
+    body = table(rows, att, budget, args.seeds, args.note)
     print(body)
     if args.methods == ",".join(METHODS):
         record("contrastive", "MoCo v2, MoCo v3 and DINO beside SimCLR; DINO's attention maps (issue 4)", body)
