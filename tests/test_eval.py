@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from selfsup.data.datasets import DatasetSplits, ImageSet, label_subset
 from selfsup.errors import SelfSupError

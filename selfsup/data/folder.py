@@ -45,7 +45,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +54,7 @@ import PIL
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..engine.checkpoint import atomic_write
 from ..errors import SelfSupError
 from .datasets import DatasetSplits, ImageSet, cache_dir, stratified_split
 
@@ -344,18 +344,6 @@ def _read_cache(folder: Path, stem: str) -> tuple[dict, dict] | None:
     if meta.get("version") != CACHE_VERSION:
         return None
     return tensors, meta
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` then rename onto ``path``: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_cache(folder: Path, stem: str, tensors: dict, meta: dict) -> None:

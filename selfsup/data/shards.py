@@ -43,9 +43,10 @@ import PIL
 import torch
 from PIL import Image
 
+from ..engine.checkpoint import atomic_write
 from ..errors import SelfSupError
 from .datasets import DatasetSplits, ImageSet, cache_dir, load_dataset, parse_spec, stratified_split
-from .folder import (IMAGE_EXTENSIONS, OPTIONS as FOLDER_OPTIONS, SHOWN_SKIPS, BadImage, atomic_write, decode_image,
+from .folder import (IMAGE_EXTENSIONS, OPTIONS as FOLDER_OPTIONS, SHOWN_SKIPS, BadImage, decode_image,
                      drop_older, load_folder, parse_options, peek_channels)
 from .stream import StreamSet
 

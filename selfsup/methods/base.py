@@ -1,7 +1,7 @@
 """What every method shares: the data facts it is built for, and the contract with the engine."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
