@@ -101,11 +101,27 @@ def shapes_composition(seed: int, budget, out: Path) -> dict:
     return row
 
 
+def unseen_among_themselves(method, data, names) -> float:
+    """Zero-shot on the test images of the unseen classes with only their own prompts (2-way; chance
+    0.5): does the text side tell the two new classes apart, even when the seen classes win the
+    10-way vote?"""
+    y = data.test.labels
+    unseen = torch.isin(y, torch.tensor(UNSEEN))
+    pred = zeroshot_predict(method, data.test.images[unseen], [names[i] for i in UNSEEN], PHRASINGS[:3])
+    return float((torch.tensor(UNSEEN)[pred] == y[unseen]).float().mean())
+
+
 def fashion_unseen(seed: int, budget, out: Path, tower: str) -> dict:
     settings, label, stem = TEXT_TOWERS[tower]
     path = results_dir(budget) / f"{stem}-seed{seed}.json"
+    run = out / f"{stem}-seed{seed}"
     if path.exists():
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        if "unseen_2way" not in row:   # added after the first runs: evaluated from the kept run folder, not retrained
+            data = selfsup.load_dataset("fashion-mnist")
+            row["unseen_2way"] = unseen_among_themselves(load_method(run), data, [c.lower() for c in data.train.classes])
+            path.write_text(json.dumps(row, indent=1))
+        return row
     data = selfsup.load_dataset("fashion-mnist")
     names = [c.lower() for c in data.train.classes]
     g = torch.Generator().manual_seed(2000 + seed)
@@ -113,7 +129,6 @@ def fashion_unseen(seed: int, budget, out: Path, tower: str) -> dict:
     phr = torch.randint(0, len(PHRASINGS), (len(keep),), generator=g).tolist()
     caps = [PHRASINGS[p].format(names[int(data.train.labels[i])]) for p, i in zip(phr, keep.tolist())]
     train = ImageSet(data.train.images[keep], data.train.labels[keep], classes=data.train.classes, captions=caps)
-    run = out / f"{stem}-seed{seed}"
     res = selfsup.train("clip", data=train, out=run, overwrite=True, progress=False, backbone=budget.backbone,
                         time_limit=budget.minutes, epochs=budget.max_epochs, seed=seed, **settings)
     method = load_method(run)
@@ -122,7 +137,8 @@ def fashion_unseen(seed: int, budget, out: Path, tower: str) -> dict:
     unseen = torch.isin(y, torch.tensor(UNSEEN))
     row = {"seed": seed, "steps": res.steps, "text_tower": label, "overall": float((pred == y).float().mean()),
            "seen": float((pred[~unseen] == y[~unseen]).float().mean()), "unseen": float((pred[unseen] == y[unseen]).float().mean()),
-           "unseen_classes": [names[i] for i in UNSEEN], "chance": 0.1}
+           "unseen_2way": unseen_among_themselves(method, data, names), "unseen_classes": [names[i] for i in UNSEEN],
+           "chance": 0.1}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1))
     print(json.dumps(row), flush=True)
@@ -154,11 +170,13 @@ def main():
              "\n**Fashion-MNIST, classes " + ", ".join(fm["scratch"][0]["unseen_classes"]) + " removed from training** — "
              "zero-shot over all ten class prompts on the test split; the same data, seed and minutes for both "
              "text towers\n",
-             "| text tower | overall | the 8 seen classes | the 2 unseen classes | steps |", "|---|---:|---:|---:|---:|",
+             "| text tower | overall | the 8 seen classes | the 2 unseen classes | the 2 unseen, between their own 2 prompts | steps |",
+             "|---|---:|---:|---:|---:|---:|",
              *[f"| {TEXT_TOWERS[t][1]} | {ms([r['overall'] for r in fm[t]])} | {ms([r['seen'] for r in fm[t]])} | "
-               f"{ms([r['unseen'] for r in fm[t]])} | {round(sum(r['steps'] for r in fm[t]) / len(fm[t]))} |"
+               f"{ms([r['unseen'] for r in fm[t]])} | {ms([r['unseen_2way'] for r in fm[t]])} | "
+               f"{round(sum(r['steps'] for r in fm[t]) / len(fm[t]))} |"
                for t in ("lit", "scratch")],
-             "| chance | 0.1000 | 0.1000 | 0.1000 | |"]
+             "| chance | 0.1000 | 0.1000 | 0.1000 | 0.5000 | |"]
     body = "\n".join(lines)
     print(body)
     record("clip", "CLIP: composition on shapes, unseen classes on Fashion-MNIST (issue 6)", body)
