@@ -348,15 +348,22 @@ def _read_cache(folder: Path, stem: str) -> tuple[dict, dict] | None:
 
 def _write_cache(folder: Path, stem: str, tensors: dict, meta: dict) -> None:
     from safetensors.torch import save_file
+    # tensors first: a JSON without its tensors is never seen
+    write_cache(folder, stem, {f"{stem}.safetensors": lambda p: save_file(tensors, p),
+                               f"{stem}.json": lambda p: Path(p).write_text(json.dumps(meta))},
+                "the folder will be decoded again next time")
 
+
+def write_cache(folder: Path, stem: str, writers: dict, redo: str) -> None:
+    """Write each ``name: writer(tmp_path)`` into the cache ``folder`` atomically and in order, then drop
+    the stem's older entries; a failure is only a warning saying what will be ``redo``-ne next time."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        # tensors first: a JSON without its tensors is never seen
-        atomic_write(folder / f"{stem}.safetensors", lambda p: save_file(tensors, p))
-        atomic_write(folder / f"{stem}.json", lambda p: Path(p).write_text(json.dumps(meta)))
+        for name, write in writers.items():
+            atomic_write(folder / name, write)
         drop_older(folder, stem)
     except OSError as e:
-        log.warning("could not write the dataset cache in %s (%s); the folder will be decoded again next time", folder, e)
+        log.warning("could not write the dataset cache in %s (%s); %s", folder, e, redo)
 
 
 def drop_older(folder: Path, stem: str) -> None:
@@ -379,12 +386,8 @@ def _read_checks(folder: Path, stem: str, n: int, decoded: bool) -> list | None:
 
 def _write_checks(folder: Path, stem: str, checks: list, decoded: bool) -> None:
     meta = {"version": CACHE_VERSION, "decoded": decoded, "checks": checks}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / f"{stem}.checks.json", lambda p: Path(p).write_text(json.dumps(meta)))
-        drop_older(folder, stem)
-    except OSError as e:
-        log.warning("could not write the dataset cache in %s (%s); the folder will be checked again next time", folder, e)
+    write_cache(folder, stem, {f"{stem}.checks.json": lambda p: Path(p).write_text(json.dumps(meta))},
+                "the folder will be checked again next time")
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from ..engine.checkpoint import atomic_write
 from ..errors import SelfSupError
 from .datasets import DatasetSplits, ImageSet, cache_dir, load_dataset, parse_spec, stratified_split
 from .folder import (IMAGE_EXTENSIONS, OPTIONS as FOLDER_OPTIONS, SHOWN_SKIPS, BadImage, decode_image,
-                     drop_older, load_folder, parse_options, peek_channels)
+                     load_folder, parse_options, peek_channels, write_cache)
 from .stream import StreamSet
 
 log = logging.getLogger("selfsup")
@@ -223,12 +223,8 @@ def _shard_index(path: Path, size: int, strict: bool) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the checks report bombs themselves
         index = {**_index_tar(path, size, decode=strict), "decoded_at": size if strict else None}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / f"{stem}.json", lambda p: Path(p).write_text(json.dumps(index)))
-        drop_older(folder, stem)
-    except OSError as e:
-        log.warning("could not write the shard index cache in %s (%s); the shards will be indexed again next time", folder, e)
+    write_cache(folder, stem, {f"{stem}.json": lambda p: Path(p).write_text(json.dumps(index))},
+                "the shards will be indexed again next time")
     return index
 
 
