@@ -1,4 +1,4 @@
-"""Issue 5's benchmark: MAE with the budget's ViT on Fashion-MNIST and ``shapes``.
+"""Issue 5's benchmark: MAE with the budget's ViT on Fashion-MNIST and ``shapes`` (colours by class, and free).
 
 Per dataset and seed: MAE pretrains for the budget's wall-clock minutes; its masked-patch error on
 test images against a trivial infill from the visible pixels (and against each patch's own mean),
@@ -36,6 +36,9 @@ from selfsup.budgets import get_budget  # noqa: E402
 from selfsup.engine.train import load_method  # noqa: E402
 
 FRACTIONS = (1.0, 0.1)
+# shapes with colours drawn independently of the class: in ``colors=class`` every arm reads the class off
+# its colour and sits at the ceiling, so the fine-tuning claim cannot show there
+MAE_DATASETS = {**DATASETS, "shapes-free": "shapes:colors=free"}
 
 
 def _cached(path: Path, make):
@@ -73,16 +76,17 @@ def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, ou
         res = selfsup.finetune(data=data, label_fraction=fraction, seed=seed, lrs=lrs, time_limit=minutes, **kw)
         return {"arm": arm, "data": ds, "seed": seed, "fraction": fraction, "accuracy": res["accuracy"], "lr": res["lr"],
                 "lr_search": res["lr_search"], "epochs": res["epochs"], "minutes": minutes}
-    return _cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}.json", make)
+    tag = "" if minutes == 1.0 else f"-{minutes:g}min"   # runs of other lengths are other units
+    return _cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}{tag}.json", make)
 
 
 def table(pre: list, base: list, ft: list, budget, args) -> str:
     lines = []
-    for ds in DATASETS:
+    for ds in MAE_DATASETS:
         ps = [r for r in pre if r["data"] == ds]
         if not ps:
             continue
-        lines += [f"\n**{ds}** ({DATASETS[ds]}), {len(ps)} seed(s)\n",
+        lines += [f"\n**{ds}** ({MAE_DATASETS[ds]}), {len(ps)} seed(s)\n",
                   "| | value |", "|---|---:|",
                   f"| epochs in the budget | {statistics.mean(r['epochs'] for r in ps):.2f} |",
                   f"| training loss, first / last log line | {ms([r['loss_first'] for r in ps])} / {ms([r['loss_last'] for r in ps])} |",
@@ -118,7 +122,7 @@ def main():
     ap.add_argument("--lrs", default="0.001,0.003")
     ap.add_argument("--search-seeds", type=int, default=1,
                     help="seeds that search --lrs; later seeds reuse the rate seed 0 chose for the same arm, data and fraction")
-    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--datasets", default=",".join(MAE_DATASETS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     budget = get_budget(args.budget)
@@ -128,7 +132,9 @@ def main():
     pre, base, ft = [], [], []
     for seed in range(args.seeds):
         for ds in args.datasets.split(","):
-            data = selfsup.load_dataset(DATASETS[ds])
+            if ds not in MAE_DATASETS:
+                ap.error(f"--datasets {ds}: unknown (known: {', '.join(MAE_DATASETS)})")
+            data = selfsup.load_dataset(MAE_DATASETS[ds])
             if seed == 0:
                 base.append(run_baseline("pixels", ds, data, seed, budget, out))
             r = run_baseline("random", ds, data, seed, vit_budget, out)
@@ -143,7 +149,7 @@ def main():
                     ft.append(finetune_arm(arm, ds, data, seed, fraction, budget, out, arm_lrs, args.ft_minutes))
     body = table(pre, base, ft, budget, args)
     print(body)
-    if args.datasets == ",".join(DATASETS):
+    if args.datasets == ",".join(MAE_DATASETS) and args.ft_minutes == 1.0:
         record("mae", "MAE: reconstruction, probes and fine-tuning against the same ViT from scratch (issue 5)", body)
 
 

@@ -181,9 +181,14 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
         else:
             from .engine.train import train
             from .methods import get_method
-            if get_method(subject).uses_captions and data.train.captions is None:
+            cls = get_method(subject)
+            if cls.uses_captions and data.train.captions is None:
                 row["status"] = "skipped"
                 row["notes"] = [f"{subject} needs image-caption data; {data.name} has none"]
+                return row
+            if cls.input_space == "lab_l" and data.train.channels != 3:
+                row["status"] = "skipped"
+                row["notes"] = [f"{subject} needs colour (RGB) images; {data.name} has {data.train.channels} channel(s)"]
                 return row
             run_dir = out / "runs" / f"{subject}-seed{seed}"
             res = train(subject, data=data, out=run_dir, overwrite=True, progress=False, backbone=backbone,

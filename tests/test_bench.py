@@ -62,6 +62,19 @@ def test_a_broken_unit_shows_in_its_row_and_fails_the_command(tmp_path, monkeypa
     assert "non-finite" in (tmp_path / "b" / "bench.md").read_text()
 
 
+def test_a_method_that_cannot_use_the_data_is_skipped_not_failed(tmp_path):
+    """Colorization on grey images (Fashion-MNIST) is a skipped row with a note, as CLIP is without captions."""
+    from selfsup.budgets import get_budget
+    from selfsup.data.datasets import DatasetSplits, ImageSet, load_dataset
+    rgb = load_dataset(DATA)
+    grey = DatasetSplits("grey", ImageSet(rgb.train.images[:, :1].contiguous(), rgb.train.labels, rgb.train.classes))
+    for subject, why in (("colorization", "needs colour (RGB) images; grey has 1 channel"), ("clip", "needs image-caption")):
+        row = bench_mod.run_unit(subject, "resnet18_quarter", grey, 0, get_budget("smoke"), tmp_path)
+        assert row["status"] == "skipped" and why in row["notes"][0] and "steps" not in row, row
+    assert not (tmp_path / "runs").exists()   # nothing was trained
+    assert bench_mod.failed({"rows": [row]}) == []
+
+
 def test_units_are_reused_only_when_commit_and_config_match(tmp_path, monkeypatch):
     calls = []
     real = bench_mod.run_unit
