@@ -125,6 +125,9 @@ def main():
     ap.add_argument("--datasets", default=",".join(MAE_DATASETS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    for ds in args.datasets.split(","):   # before any work, not after the first dataset's units
+        if ds not in MAE_DATASETS:
+            ap.error(f"--datasets {ds}: unknown (known: {', '.join(MAE_DATASETS)})")
     budget = get_budget(args.budget)
     out = Path(args.out or f"runs/bench-{budget.name}")
     lrs = [float(x) for x in args.lrs.split(",")]
@@ -132,8 +135,6 @@ def main():
     pre, base, ft = [], [], []
     for seed in range(args.seeds):
         for ds in args.datasets.split(","):
-            if ds not in MAE_DATASETS:
-                ap.error(f"--datasets {ds}: unknown (known: {', '.join(MAE_DATASETS)})")
             data = selfsup.load_dataset(MAE_DATASETS[ds])
             if seed == 0:
                 base.append(run_baseline("pixels", ds, data, seed, budget, out))

@@ -182,13 +182,11 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
             from .engine.train import train
             from .methods import get_method
             cls = get_method(subject)
-            if cls.uses_captions and data.train.captions is None:
-                row["status"] = "skipped"
-                row["notes"] = [f"{subject} needs image-caption data; {data.name} has none"]
-                return row
-            if cls.input_space == "lab_l" and data.train.channels != 3:
-                row["status"] = "skipped"
-                row["notes"] = [f"{subject} needs colour (RGB) images; {data.name} has {data.train.channels} channel(s)"]
+            why = (f"needs image-caption data; {data.name} has none" if cls.uses_captions and data.train.captions is None
+                   else f"needs colour (RGB) images; {data.name} has {data.train.channels} channel(s)"
+                   if cls.input_space == "lab_l" and data.train.channels != 3 else None)
+            if why:   # the method cannot use this data: a skipped row, not a failure
+                row.update(status="skipped", notes=[f"{subject} {why}"])
                 return row
             run_dir = out / "runs" / f"{subject}-seed{seed}"
             res = train(subject, data=data, out=run_dir, overwrite=True, progress=False, backbone=backbone,
