@@ -32,11 +32,11 @@ import torch  # noqa: E402
 import selfsup  # noqa: E402
 from pretext import ms, results_dir  # noqa: E402
 from record import record  # noqa: E402
-from selfsup.budgets import get_budget  # noqa: E402
+from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.data.datasets import DatasetSplits, ImageSet  # noqa: E402
 from selfsup.data.shapes import CLASSES, COLORS  # noqa: E402
-from selfsup.engine.train import load_method  # noqa: E402
-from selfsup.eval.zeroshot import caption_matches, recall_at, zeroshot_predict  # noqa: E402
+from selfsup.app.train import load_method  # noqa: E402
+from selfsup.app.zeroshot import caption_matches, recall_at, zeroshot_predict  # noqa: E402
 from selfsup.models.text import text_model_path  # noqa: E402
 
 PHRASINGS = ["a photo of a {}.", "a {}.", "a picture of a {}.", "this is a {}.", "an image showing a {}.",

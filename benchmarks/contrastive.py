@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 import selfsup  # noqa: E402
 from pretext import DATASETS, ms, results_dir, run_baseline, run_one, verdict  # noqa: E402
 from record import record  # noqa: E402
-from selfsup.budgets import get_budget  # noqa: E402
+from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.eval.attention import attention_vs_random  # noqa: E402
 
 METHODS = ["simclr", "moco", "mocov3", "dino"]

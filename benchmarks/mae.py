@@ -32,8 +32,8 @@ import torch  # noqa: E402
 import selfsup  # noqa: E402
 from pretext import DATASETS, ms, results_dir, run_baseline  # noqa: E402
 from record import record  # noqa: E402
-from selfsup.budgets import get_budget  # noqa: E402
-from selfsup.engine.train import load_method  # noqa: E402
+from selfsup.app.budgets import get_budget  # noqa: E402
+from selfsup.app.train import load_method  # noqa: E402
 
 FRACTIONS = (1.0, 0.1)
 # shapes with colours drawn independently of the class: in ``colors=class`` every arm reads the class off

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 import selfsup  # noqa: E402
 from record import record  # noqa: E402
-from selfsup.budgets import get_budget  # noqa: E402
-from selfsup.engine.train import load_method  # noqa: E402
+from selfsup.app.budgets import get_budget  # noqa: E402
+from selfsup.app.train import load_method  # noqa: E402
 
 PLAN = [("rotation", "fashion-mnist"), ("jigsaw", "fashion-mnist"), ("inpainting", "fashion-mnist"),
         ("rotation", "shapes"), ("jigsaw", "shapes"), ("colorization", "shapes"), ("inpainting", "shapes")]

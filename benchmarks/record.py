@@ -1,6 +1,6 @@
 """Write a benchmark's figures into BENCHMARKS.md, in its own section, with the command,
 machine and commit that produced them. Each benchmark script calls :func:`record` once; the
-section format is ``selfsup bench``'s (:func:`selfsup.bench.record_section`)."""
+section format is ``selfsup bench``'s (:func:`selfsup.app.bench.record_section`)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from selfsup.bench import record_section
+from selfsup.app.bench import record_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import selfsup  # noqa: E402
 from record import record  # noqa: E402
-from selfsup.engine.train import resolve_config  # noqa: E402
+from selfsup.app.train import resolve_config  # noqa: E402
 from tune import parse_trial  # noqa: E402
 
 RESULTS = HERE / "results" / "simclr_tuning.json"

@@ -1,6 +1,6 @@
 """(b) End-to-end training images/s against the model-only bound.
 
-End to end: the real engine (``selfsup.engine.train.fit``) stepping SimCLR on Fashion-MNIST,
+End to end: the real engine (``selfsup.app.train.fit``) stepping SimCLR on Fashion-MNIST,
 uint8 batches gathered from memory and augmented as batched tensor ops inside the step.
 Bound: the same engine and method with the views replaced by pre-made tensors, so the step is
 the model alone (forward, loss, backward, optimiser). images/s counts source images (2 views each).
@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from record import record  # noqa: E402
 from selfsup.data.datasets import load_dataset  # noqa: E402
-from selfsup.engine.train import BatchSource, build_method, data_info, fit, pick_device, resolve_config  # noqa: E402
+from selfsup.app.train import BatchSource, build_method, data_info, fit, pick_device, resolve_config  # noqa: E402
 
 
 class FixedSource(BatchSource):

@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import selfsup  # noqa: E402
 from record import record  # noqa: E402
-from selfsup.budgets import get_budget  # noqa: E402
+from selfsup.app.budgets import get_budget  # noqa: E402
 
 
 def parse_trial(text: str) -> dict:

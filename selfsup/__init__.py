@@ -19,6 +19,11 @@ __all__ = ["METHODS", "BACKBONES", "create_backbone", "load_backbone", "train", 
            "SelfSupError"]
 
 
+# public name -> its module in the app layer
+_APP = {"train": "train", "evaluate": "evaluate", "finetune": "finetune", "zeroshot": "zeroshot",
+        "retrieval": "zeroshot", "embed": "embed", "export": "export"}
+
+
 def __getattr__(name):
     if name == "METHODS":
         from .methods import METHODS
@@ -26,24 +31,12 @@ def __getattr__(name):
     if name in ("BACKBONES", "create_backbone"):
         from . import models
         return getattr(models, name)
-    if name == "train":
-        from .engine.train import train
-        return train
-    if name in ("evaluate", "load_backbone"):
-        from .eval import evaluate as ev
-        return getattr(ev, name)
-    if name in ("zeroshot", "retrieval"):
-        from .eval import zeroshot as zs
-        return getattr(zs, name)
-    if name == "finetune":
-        from .eval.finetune import finetune
-        return finetune
-    if name == "embed":
-        from .eval.embed import embed
-        return embed
-    if name == "export":
-        from .engine.export import export
-        return export
+    if name == "load_backbone":
+        from .runs import load_backbone
+        return load_backbone
+    if name in _APP:
+        import importlib
+        return getattr(importlib.import_module(f".app.{_APP[name]}", __name__), name)
     if name == "load_dataset":
         from .data.datasets import load_dataset
         return load_dataset

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from .config import parse_set, read_config_file
-    from .engine.train import train
+    from .app.train import end_processes, train
 
     overrides = read_config_file(args.config) if args.config else {}
     overrides.update(parse_set(args.set))
@@ -207,13 +207,12 @@ def _train(args) -> int:
             raise SelfSupError("--resume needs --out RUN_DIR")
         name = Path(str(overrides["data"]).split(":")[0]).name
         out = f"runs/{args.method}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .engine import dist
+    main_process = True
     try:
         result = train(args.method, out=out, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress, **overrides)
     finally:
-        main_process = dist.is_main()
-        dist.cleanup()
+        main_process = end_processes()
     if not main_process:
         return 0
     print(f"trained {result.config.method} for {result.steps} steps: loss {result.last_loss:.4f}, "
@@ -222,7 +221,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .eval.evaluate import evaluate
+    from .app.evaluate import evaluate
 
     if args.protocol == "finetune":
         return _finetune(args)
@@ -251,7 +250,7 @@ def _eval(args) -> int:
 
 
 def _zeroshot(args) -> int:
-    from .eval.zeroshot import retrieval, zeroshot
+    from .app.zeroshot import retrieval, zeroshot
 
     if args.checkpoint is None:
         raise SelfSupError(f"eval {args.protocol} needs --checkpoint RUN_DIR (a clip run); baselines have no text tower")
@@ -273,7 +272,7 @@ def _zeroshot(args) -> int:
 
 
 def _finetune(args) -> int:
-    from .eval.finetune import finetune
+    from .app.finetune import finetune
 
     if args.baseline in ("random", "pixels"):
         raise SelfSupError("eval finetune compares with --baseline supervised (random and pixels are frozen-feature baselines)")
@@ -304,7 +303,7 @@ def _finetune(args) -> int:
 
 
 def _embed(args) -> int:
-    from .eval.embed import embed
+    from .app.embed import embed
 
     res = embed(_checkpoint(args), data=args.data, out=args.out, split=args.split, layer=args.layer, pool=args.pool,
                 batch_size=args.batch_size, device=args.device, data_dir=args.data_dir)
@@ -316,7 +315,7 @@ def _embed(args) -> int:
 
 
 def _export(args) -> int:
-    from .engine.export import export
+    from .app.export import export
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     res = export(_checkpoint(args), args.out, formats)
@@ -328,7 +327,7 @@ def _export(args) -> int:
 def _bench(args) -> int:
     import shlex
 
-    from .bench import bench, failed, markdown, record_section
+    from .app.bench import bench, failed, markdown, record_section
     summary = bench(methods=args.methods, data=args.data, budget=args.budget, seeds=args.seeds, out=args.out,
                     data_dir=args.data_dir)
     body = markdown(summary)
@@ -350,7 +349,7 @@ def _bench(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import build_report
+    from .app.report import build_report
     path = build_report(args.run_dir, data=args.data, out=args.out, data_dir=args.data_dir, seed=args.seed,
                         device=args.device)
     print(f"report written to {path}")
@@ -358,17 +357,16 @@ def _report(args) -> int:
 
 
 def _data(args) -> int:
-    from .data.datasets import DATASETS, load_dataset
+    from .app.data import DATASETS, load_dataset
 
     if args.data_command == "list":
-        from .data import fashion_mnist, folder, photos, shapes  # noqa: F401  (fill the registry)
         for name in sorted(DATASETS):
             print(name)
         print("(or a path: a folder of images, class sub-folders give labels, train/ and test/ give splits; "
               "a folder of WebDataset shards; a captions CSV/JSONL file)")
         return 0
     if args.data_command == "shard":
-        from .data.shards import write_shards
+        from .app.data import write_shards
         index = write_shards(args.source, args.out, shard_mb=args.shard_mb, image_format=args.format,
                              overwrite=args.overwrite, data_dir=args.data_dir, download=args.download, strict=args.strict)
         counts = " / ".join(f"{s['samples']} {name}" for name, s in index["splits"].items())
@@ -392,7 +390,7 @@ def _data(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import run_demo
+    from .app.demo import run_demo
     return run_demo(minutes=args.minutes, out=args.out, data=args.data)
 
 

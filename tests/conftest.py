@@ -40,3 +40,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CAPTIONS = [f"a {size} {colour} {thing}" for size in ("small", "large") for colour in ("red", "blue", "green", "grey")
+            for thing in ("arrow", "house", "tree")]
+
+
+def backbone_for(name: str) -> str:
+    """The small CPU backbone, or the method's own default where it needs another kind (MAE: a ViT)."""
+    from selfsup.methods import METHODS
+    return METHODS[name].train_defaults.get("backbone", "resnet18_quarter")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from selfsup import bench as bench_mod
+from selfsup.app import bench as bench_mod
 from selfsup.cli import main
 from selfsup.methods import METHODS
 from selfsup.methods.rotation import Rotation
@@ -36,7 +36,10 @@ def test_smoke_bench_runs_every_registered_method(tmp_path, capsys):
             assert "ft_100pct" not in r and any("fine-tuning" in n for n in r["notes"]), r
     assert "ft_100pct" in by[("supervised", "resnet18_quarter")] and "knn" not in by[("supervised", "resnet18_quarter")]
     assert ("supervised", "vit_micro") in by   # MAE's ViT gets its own from-scratch arm
+    knn = [r["knn"] for r in summary["rows"] if "knn" in r]
+    assert len(knn) > len(ssl) and len(set(knn)) > 1, knn   # probes that saw the features: not one number for all
     md = (tmp_path / "b" / "bench.md").read_text()
+    assert all(f"| {m} " in md or f"| {m} |" in md for m in ssl), md
     assert md.count("\n| ") == len(summary["table"]) + 1 and "Label efficiency at 1%" in md
     rows = list(csv.DictReader(open(tmp_path / "b" / "bench.csv")))
     assert len(rows) == len(summary["rows"])
@@ -64,7 +67,7 @@ def test_a_broken_unit_shows_in_its_row_and_fails_the_command(tmp_path, monkeypa
 
 def test_a_method_that_cannot_use_the_data_is_skipped_not_failed(tmp_path):
     """Colorization on grey images (Fashion-MNIST) is a skipped row with a note, as CLIP is without captions."""
-    from selfsup.budgets import get_budget
+    from selfsup.app.budgets import get_budget
     from selfsup.data.datasets import DatasetSplits, ImageSet, load_dataset
     rgb = load_dataset(DATA)
     grey = DatasetSplits("grey", ImageSet(rgb.train.images[:, :1].contiguous(), rgb.train.labels, rgb.train.classes))
@@ -97,7 +100,7 @@ def test_units_are_reused_only_when_commit_and_config_match(tmp_path, monkeypatc
 
 
 def test_config_hash_changes_with_what_decides_a_unit():
-    from selfsup.budgets import get_budget
+    from selfsup.app.budgets import get_budget
     from selfsup.data.datasets import load_dataset
     data = load_dataset(DATA)
     key = lambda seed, budget: bench_mod.config_hash(bench_mod.unit_key("rotation", "resnet18_quarter", data, seed, get_budget(budget)))  # noqa: E731

@@ -17,7 +17,7 @@ import selfsup
 from selfsup.cli import main as cli_main
 from selfsup.data.datasets import load_dataset
 from selfsup.errors import SelfSupError
-from selfsup.eval.zeroshot import class_embeddings, recall_at, zeroshot_predict
+from selfsup.app.zeroshot import class_embeddings, recall_at, zeroshot_predict
 from selfsup.methods.base import DataInfo
 from selfsup.methods.clip import CLIP, Config, clip_loss
 from selfsup.models import create_backbone
@@ -175,7 +175,7 @@ def test_end_to_end_train_zeroshot_and_retrieval(tmp_path, capsys):
                      "--no-progress", "--set", "text_depth=1", "--set", "vocab_size=300"]) == 0
     tok = json.loads((run / "tokenizer.json").read_text())
     assert "<eot>" in tok["model"]["vocab"]
-    from selfsup.engine.train import load_method
+    from selfsup.app.train import load_method
     method = load_method(run)
     assert method.tokenizer.to_json() == (run / "tokenizer.json").read_text()   # restored with the checkpoint
     assert cli_main(["eval", "zeroshot", "--checkpoint", str(run), "--template", "a {}", "--template", "a photo of a {}."]) == 0

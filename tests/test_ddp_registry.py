@@ -13,11 +13,11 @@ import torch.multiprocessing as mp
 
 from selfsup.config import TrainConfig
 from selfsup.data.datasets import ImageSet
-from selfsup.engine.train import BatchSource, build_method, data_info, fit, prepare_method, resolve_config
+from selfsup.app.train import BatchSource, build_method, data_info, fit, prepare_method, resolve_config
 from selfsup.methods import METHODS
 
 from conftest import free_port, tiny_images
-from test_methods import CAPTIONS, _backbone
+from conftest import CAPTIONS, backbone_for as _backbone
 
 N, SIZE, BATCH = 32, 16, 4   # 32 images, 4 per process: 4 steps per epoch; 2 are run
 

@@ -286,8 +286,8 @@ def test_saved_backbone_is_the_teacher_unless_asked(tmp_path, which):
     """The paper evaluates the EMA teacher: backbone.safetensors and, for an interrupted run, the
     checkpoint both give it (``eval_backbone=student`` gives the student)."""
     import selfsup
-    from selfsup.engine.train import load_method
-    from selfsup.eval.evaluate import load_backbone
+    from selfsup.app.train import load_method
+    from selfsup.runs import load_backbone
     run = tmp_path / "run"
     selfsup.train("dino", data=tiny_images(64, 1, 16), out=run, backbone="resnet18_quarter", epochs=1, batch_size=32,
                   progress=False, eval_backbone=which, out_dim=64, hidden_dim=32, bottleneck_dim=16)

@@ -1,11 +1,12 @@
 """The training loop: honest resume, checkpoints, the NaN guard, the run folder rules."""
+import math
 import json
 
 import pytest
 import torch
 
 import selfsup
-from selfsup.engine.checkpoint import load_checkpoint, save_checkpoint
+from selfsup.runs import load_checkpoint, save_checkpoint
 from selfsup.errors import SelfSupError
 from selfsup.methods.simclr import SimCLR
 
@@ -132,4 +133,73 @@ def test_trains_from_any_torch_dataset(tmp_path):
     imgs = tiny_images(32, 3, 16)
     ds = torch.utils.data.TensorDataset(imgs, torch.zeros(32, dtype=torch.long))
     res = selfsup.train("simclr", data=ds, out=tmp_path / "r", epochs=1, batch_size=8, progress=False)
-    assert res.steps == 4 and res.last_loss == res.last_loss
+    assert res.steps == 4 and math.isfinite(res.last_loss)
+
+
+class _Probe(torch.nn.Module):
+    """A method-like module recording what the loop did before each forward."""
+
+    progress = 0.0
+
+    def __init__(self, nan_at: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.nan_at, self.seen, self.after = nan_at, [], []
+
+    def forward(self, batch):
+        self.seen.append((self.progress, torch.rand(1).item()))   # the first draw of the step's RNG
+        loss = (self.w * batch["images"].float().mean() / 255).sum()
+        return (loss * float("nan") if len(self.seen) - 1 == self.nan_at else loss), {}
+
+    def after_step(self, step, total):
+        self.after.append(step)
+
+
+def test_the_step_order_exact_resume_depends_on(tmp_path):
+    """engine.loop's docstring order: progress, then the RNG reseeded from (seed, step, rank), then
+    forward; a non-finite step is skipped (no after_step) and counted in the checkpoints; hooks run
+    after the step is counted and before the checkpoint clocks."""
+    from selfsup.config import TrainConfig
+    from selfsup.data.core import ImageSet
+    from selfsup.engine.batches import BatchSource
+    from selfsup.engine.loop import _step_seed, fit
+
+    cfg = TrainConfig(method="probe", epochs=1, batch_size=4, seed=3, skip_nonfinite=1, checkpoint_every_steps=2,
+                      log_every=1, warmup_epochs=0)
+    source = BatchSource(ImageSet(tiny_images(n=16, channels=1, size=8)), cfg.batch_size, cfg.seed)
+    probe, at_hook = _Probe(nan_at=1), []
+
+    class Hook:
+        def after_step(self, method, step, steps_per_epoch, device, metrics):
+            ckpt = tmp_path / "checkpoint.pt"
+            at_hook.append((step, load_checkpoint(ckpt)["step"] if ckpt.exists() else None))
+
+    res = fit(probe, source, cfg, tmp_path, torch.device("cpu"), progress=False, hooks=[Hook()])
+    assert res.steps == 4
+    for step, (progress, draw) in enumerate(probe.seen):
+        torch.manual_seed(_step_seed(cfg.seed, step, 0))
+        assert draw == torch.rand(1).item() and progress == step / 4
+    assert probe.after == [0, 2, 3]                       # the non-finite step 1 made no update
+    assert at_hook == [(1, None), (2, None), (3, 2), (4, 2)]   # hooks see step s before its checkpoint
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 4 and state["skipped_nonfinite"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert math.isfinite(rows[0]["loss"]) and math.isnan(rows[1]["loss"])   # step 2's window held only the skipped step
+
+
+def test_run_folders_of_the_previous_format_still_load(tmp_path):
+    """A checkpoint written before checkpoints recorded ``backbone_meta`` (an interrupted run: no
+    backbone file) still gives its backbone; a new one records the prefix and input space itself."""
+    run = tmp_path / "r"
+    selfsup.train("simclr", data=tiny_images(n=32), out=run, epochs=1, batch_size=16, progress=False)
+    x = tiny_images(n=4)
+    want = selfsup.load_backbone(run)(x)
+    (run / "backbone.safetensors").unlink()
+    state = load_checkpoint(run)
+    assert state["backbone_meta"]["prefix"] == "backbone." and state["backbone_meta"]["input_space"] == "rgb"
+    assert torch.allclose(selfsup.load_backbone(run)(x), want)        # from the checkpoint's own record
+    del state["backbone_meta"]
+    save_checkpoint(state, run / "checkpoint.pt")
+    legacy = selfsup.load_backbone(run)                                # from config.json, as before
+    assert torch.allclose(legacy(x), want) and legacy.meta["method"] == "simclr"

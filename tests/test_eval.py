@@ -6,7 +6,7 @@ import torch
 
 from selfsup.data.datasets import DatasetSplits, ImageSet, label_subset
 from selfsup.errors import SelfSupError
-from selfsup.eval.evaluate import evaluate
+from selfsup.app.evaluate import evaluate
 from selfsup.eval.features import extract
 from selfsup.eval.knn import knn_predict
 from selfsup.eval.linear import linear_probe

@@ -16,10 +16,10 @@ from selfsup import models
 from selfsup.cli import main
 from selfsup.data.datasets import load_dataset
 from selfsup.data.folder import decode_image
-from selfsup.engine.checkpoint import save_backbone
-from selfsup.eval.embed import embed
+from selfsup.runs import save_backbone
+from selfsup.app.embed import embed
 from selfsup.eval.features import extract
-from selfsup.engine.export import export
+from selfsup.app.export import export
 
 DATA = "shapes:n=64,n_test=16,size=16"
 

@@ -9,7 +9,7 @@ import torch
 import selfsup
 from selfsup.cli import main as cli_main
 from selfsup.engine.optim import build_optimizer
-from selfsup.engine.train import build_method, resolve_config
+from selfsup.app.train import build_method, resolve_config
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import DataInfo
 

@@ -13,7 +13,7 @@ import torch
 
 from selfsup.cli import main as cli_main
 from selfsup.engine.optim import build_optimizer
-from selfsup.engine.train import load_method
+from selfsup.app.train import load_method
 from selfsup.errors import SelfSupError
 from selfsup.methods import get_method
 from selfsup.methods.base import DataInfo

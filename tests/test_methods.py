@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.engine.train import build_method, resolve_config, write_pictures
+from selfsup.app.train import build_method, resolve_config, write_pictures
 from selfsup.errors import SelfSupError
 from selfsup.methods import METHODS
 from selfsup.methods.base import DataInfo
@@ -13,13 +13,7 @@ from selfsup.methods.base import DataInfo
 from conftest import tiny_images
 
 
-CAPTIONS = [f"a {size} {colour} {thing}" for size in ("small", "large") for colour in ("red", "blue", "green", "grey")
-            for thing in ("arrow", "house", "tree")]
-
-
-def _backbone(name: str) -> str:
-    """The small CPU backbone, or the method's own default where it needs another kind (MAE: a ViT)."""
-    return METHODS[name].train_defaults.get("backbone", "resnet18_quarter")
+from conftest import CAPTIONS, backbone_for as _backbone
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from selfsup.engine.checkpoint import read_backbone, save_backbone
+from selfsup.runs import read_backbone, save_backbone
 from selfsup.errors import SelfSupError
 from selfsup.models import BACKBONES, Encoder, create_backbone
 

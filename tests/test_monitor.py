@@ -10,8 +10,8 @@ from conftest import tiny_images
 
 import selfsup
 from selfsup.data.datasets import load_dataset
-from selfsup.engine.checkpoint import read_backbone
-from selfsup.engine.train import build_method, data_info, resolve_config
+from selfsup.runs import read_backbone
+from selfsup.app.train import build_method, data_info, resolve_config
 from selfsup.errors import SelfSupError
 from selfsup.eval.monitor import make_monitor
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from selfsup.engine.optim import LARS, build_optimizer, param_groups
-from selfsup.engine.schedule import cosine_to_one, warmup_cosine
+from selfsup.schedules import cosine_to_one, warmup_cosine
 from selfsup.errors import SelfSupError
 
 

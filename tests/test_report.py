@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from selfsup.cli import main
-from selfsup.report import project_2d
+from selfsup.app.report import project_2d
 
 DATA = "shapes:n=64,n_test=16,size=16"
 SECTIONS = ("run", "curves", "views", "pictures", "map", "neighbours", "eval")

@@ -14,8 +14,8 @@ import torch
 
 import selfsup
 from selfsup.cli import main
-from selfsup.engine import checkpoint as ckpt_mod
-from selfsup.engine.checkpoint import load_checkpoint, save_checkpoint
+from selfsup.runs import checkpoint as ckpt_mod
+from selfsup.runs import load_checkpoint, save_checkpoint
 from selfsup.errors import SelfSupError
 
 ARGS = ["train", "simclr", "--data", "shapes:n=48,n_test=16,size=16", "--epochs", "10", "--batch-size", "8",

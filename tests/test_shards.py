@@ -20,9 +20,9 @@ from PIL import Image
 from conftest import tiny_images
 from selfsup.cli import main
 from selfsup.data.datasets import DatasetSplits, ImageSet, load_dataset
-from selfsup.data.shards import write_shards
+from selfsup.data.shard_writer import write_shards
 from selfsup.data.stream import StreamSet
-from selfsup.engine.train import BatchSource
+from selfsup.app.train import BatchSource
 from selfsup.errors import SelfSupError
 
 ROOT = Path(__file__).resolve().parents[1]

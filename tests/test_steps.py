@@ -16,8 +16,8 @@ from torch import nn
 import selfsup
 from selfsup.config import TrainConfig
 from selfsup.data.datasets import ImageSet
-from selfsup.engine.checkpoint import load_checkpoint
-from selfsup.engine.train import BatchSource, fit
+from selfsup.runs import load_checkpoint
+from selfsup.app.train import BatchSource, fit
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import DataInfo, Method
 from selfsup.methods.simclr import SimCLR

@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 
 from ..errors import SelfSupError
-from .datasets import DatasetSplits, ImageSet
-from .folder import OPTIONS as FOLDER_OPTIONS
-from .folder import SHOWN_SKIPS, BadImage, decode_image, parse_options, stack_images
+from .core import DatasetSplits, ImageSet
+from .decode import OPTIONS as FOLDER_OPTIONS
+from .decode import SHOWN_SKIPS, BadImage, decode_image, parse_options, stack_images
 
 log = logging.getLogger("selfsup")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import SelfSupError
-from .datasets import DatasetSplits, ImageSet, cache_dir, register_dataset
+from .core import DatasetSplits, ImageSet, cache_dir
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
@@ -85,7 +85,6 @@ def fetch(target: Path) -> Path:
     return target
 
 
-@register_dataset("fashion-mnist")
 def load_fashion_mnist(options: dict, data_dir: str | None = None, download: bool = False,
                        strict: bool = False) -> DatasetSplits:
     folder = locate(data_dir)

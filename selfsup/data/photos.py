@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SelfSupError
-from .datasets import DatasetSplits, ImageSet, register_dataset
+from .core import DatasetSplits, ImageSet
 
 # class name -> how to get the (H, W, 3) uint8 photo from skimage.data
 PHOTOS = {
@@ -108,7 +108,6 @@ def _int_option(raw: dict, key: str, low: int) -> int:
     return value
 
 
-@register_dataset("photos")
 def load_photos(options: dict, data_dir: str | None = None, download: bool = False,
                 strict: bool = False) -> DatasetSplits:
     """Random crops of scikit-image's bundled colour photographs, labelled by photo (see module docstring)."""

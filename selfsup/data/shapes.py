@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SelfSupError
-from .datasets import DatasetSplits, ImageSet, register_dataset
+from .core import DatasetSplits, ImageSet
 
 CLASSES = ["arrow", "house", "tree", "mushroom", "umbrella", "person", "key", "cup", "letter T", "letter L"]
 
@@ -324,7 +324,6 @@ def _int_option(options: dict, key: str, default: int, minimum: int) -> int:
     return value
 
 
-@register_dataset("shapes")
 def load_shapes(options: dict, data_dir: str | None = None, download: bool = False,
                 strict: bool = False) -> DatasetSplits:
     """The ``shapes`` dataset from spec options (strings): n, n_test, size, colors, seed.

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import SelfSupError
-from .folder import SHOWN_SKIPS, BadImage, decode_image
+from .decode import SHOWN_SKIPS, BadImage, decode_image
 
 log = logging.getLogger("selfsup")
 

@@ -1,22 +1,14 @@
 """What every method shares: the data facts it is built for, and the contract with the engine."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..data.core import DataInfo
 
-@dataclass
-class DataInfo:
-    """The facts about the training data a method needs to build itself."""
-
-    channels: int
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    num_classes: int = 0
+__all__ = ["DataInfo", "Method", "denormalize"]
 
 
 class Method(nn.Module):
@@ -37,18 +29,24 @@ class Method(nn.Module):
     otherwise, e.g. DINO's EMA teacher). ``input_space`` says what the backbone
     sees: "rgb" (the images' own channels, normalised) or "lab_l" (the Lab lightness of RGB
     images, one channel: ``selfsup.data.color.lightness_input``); evaluation feeds the same.
-    ``pictures(batch)`` returns named image tensors; the engine writes each as one PNG grid
+    ``pictures(batch)`` returns named image tensors; the app writes each as one PNG grid
     with 8 images per row, so a method shows input / output / target as consecutive rows of 8.
+
+    Optional hooks, declared here so that callers never probe with ``hasattr``: ``view`` (the
+    method's one augmentation recipe, a ViewConfig, or None), ``views(images)`` (its augmented
+    views of uint8 images, or None when it has no multi-view recipe), ``embed_texts(captions)``
+    (the text tower of a ``uses_captions`` method) and ``pretrained_from(cfg)`` (a run folder
+    whose backbone the method starts from; the app loads it and passes it in as ``pretrained``).
     """
 
     Config: ClassVar[type]
     uses_labels: ClassVar[bool] = False
     uses_captions: ClassVar[bool] = False
-    primary_eval: ClassVar[str] = "knn"
     train_defaults: ClassVar[dict] = {}
     input_space: ClassVar[str] = "rgb"
     prepare_samples: ClassVar[int] = 0   # how many training images ``prepare`` wants (0: it is not called)
     progress: float = 0.0
+    view = None   # ViewConfig | None: the one augmentation recipe, where the method has one
 
     def __init__(self, backbone: nn.Module, cfg, data: DataInfo):
         super().__init__()
@@ -77,8 +75,23 @@ class Method(nn.Module):
 
     @classmethod
     def export_prefix(cls, method_cfg: dict) -> str:
-        """Where ``export_backbone()`` sits in the method's state dict (for interrupted runs)."""
+        """Where ``export_backbone()`` sits in the method's state dict (recorded in each checkpoint,
+        so an interrupted run's backbone loads without the method)."""
         return "backbone."
+
+    @classmethod
+    def pretrained_from(cls, cfg) -> str:
+        """A run folder (or backbone file) whose backbone this method starts from; "" for none."""
+        return ""
+
+    def views(self, images: torch.Tensor) -> list[torch.Tensor] | None:
+        """The method's augmented views of uint8 ``images`` (B, C, H, W), each normalised; None
+        when it has no multi-view recipe (then ``view``, if any, is its recipe)."""
+        return None
+
+    def embed_texts(self, captions: list[str], batch_size: int = 512) -> torch.Tensor:
+        """Normalised text embeddings (N, d) of ``captions``: only methods that ``uses_captions``."""
+        raise NotImplementedError(f"{type(self).__name__} has no text tower")
 
     def pictures(self, batch: dict) -> dict[str, torch.Tensor]:
         """Images (N, C, H, W) in [0, 1] that show what the method does, by name; none by default."""

@@ -86,7 +86,6 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, l
 class CLIP(Method):
     Config = Config
     uses_captions = True
-    primary_eval = "zeroshot"
     train_defaults = dict(optimizer="adamw", lr=2e-3, weight_decay=0.1, beta2=0.98, batch_size=128, epochs=20,
                           warmup_epochs=0.5)
 

@@ -36,10 +36,13 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ..data.augment import ViewConfig, make_views
-from ..engine.dist import all_reduce_mean
+from ..distributed import all_reduce_mean
 from ..errors import SelfSupError
 from ..losses import world
+from ..models import is_vit
+from ..models.attention import attention_pictures, cls_attention
 from ..models.heads import ema_update
+from ..schedules import cosine_to_one
 from .base import DataInfo, Method, denormalize
 
 
@@ -134,7 +137,7 @@ def update_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) 
 
 def teacher_momentum(m0: float, progress: float) -> float:
     """Cosine from ``m0`` at the start to 1 at the end of training."""
-    return 1 - (1 - m0) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2
+    return cosine_to_one(progress, m0)
 
 
 class DINO(Method):
@@ -242,7 +245,6 @@ class DINO(Method):
     def attention(self, images: torch.Tensor) -> torch.Tensor:
         """CLS attention maps of the exported ViT backbone (the teacher by default), (B, heads, H/p, W/p), for uint8 ``images``."""
         from ..data.augment import normalize, to_float
-        from ..eval.attention import cls_attention
         return cls_attention(self.export_backbone(), normalize(to_float(images), self.data.mean, self.data.std))
 
     def pictures(self, batch: dict):
@@ -251,8 +253,7 @@ class DINO(Method):
         size = crops[0].shape[-1]
         crops = [c if c.shape[-1] == size else F.interpolate(c, size=size, mode="nearest") for c in crops]
         pics = {"views": denormalize(torch.cat(crops), self.data)}
-        if hasattr(self.export_backbone(), "vit"):
-            from ..eval.attention import attention_pictures
+        if is_vit(self.export_backbone()):
             pics["attention"] = attention_pictures(self.export_backbone(), images, self.data.mean, self.data.std)
         return pics
 

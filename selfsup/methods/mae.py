@@ -29,6 +29,7 @@ from timm.models.vision_transformer import Block
 
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
+from ..models import is_vit
 from .base import DataInfo, Method, denormalize
 
 
@@ -113,13 +114,12 @@ def infill_from_visible(images: torch.Tensor, pixel_mask: torch.Tensor) -> torch
 
 class MAE(Method):
     Config = Config
-    primary_eval = "finetune"
     train_defaults = dict(backbone="vit_micro", optimizer="adamw", lr=2e-3, weight_decay=0.05, beta2=0.95,
                           batch_size=128, epochs=50, warmup_epochs=1.0)
 
     def __init__(self, backbone, cfg: Config, data: DataInfo):
         super().__init__(backbone, cfg, data)
-        if not hasattr(backbone, "vit"):
+        if not is_vit(backbone):
             raise SelfSupError("mae needs a ViT backbone (--backbone vit_micro, vit_tiny, ...): the encoder runs on "
                                "the visible patches only")
         for name, ok, want in [("mask_ratio", 0 < cfg.mask_ratio < 1, "in (0, 1)"),

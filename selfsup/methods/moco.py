@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -39,7 +38,9 @@ from torch import nn
 from ..data.augment import ViewConfig, make_view
 from ..errors import SelfSupError
 from ..losses import gather_no_grad, world
+from ..models import is_vit
 from ..models.heads import ema_update, mlp
+from ..schedules import cosine_to_one
 from .base import DataInfo, Method, denormalize
 
 
@@ -208,7 +209,7 @@ class _Momentum(Method):
         m0 = self.cfg.key_momentum
         if not self.cfg.key_momentum_cos:
             return m0
-        return 1 - (1 - m0) * (math.cos(math.pi * self.progress) + 1) / 2
+        return cosine_to_one(self.progress, m0)
 
     def after_step(self, step: int, total_steps: int) -> None:
         ema_update(self.key_encoder, self._query_encoder(), self.momentum())
@@ -301,7 +302,7 @@ class MoCoV3(_Momentum):
         d = backbone.embed_dim
         self.projector = mlp(d, cfg.proj_hidden, cfg.proj_dim, layers=cfg.proj_layers, last_bn=True)
         self.predictor = mlp(cfg.proj_dim, cfg.proj_hidden, cfg.proj_dim, layers=2, last_bn=cfg.pred_last_bn)
-        if cfg.frozen_patch_embed and hasattr(backbone, "vit"):
+        if cfg.frozen_patch_embed and is_vit(backbone):
             backbone.vit.patch_embed.requires_grad_(False)
         self._make_key_encoder()
 

@@ -18,6 +18,8 @@ from torch import nn
 
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
+from ..models import is_vit
+from ..models.params import param_groups
 from .base import DataInfo, Method
 
 
@@ -36,10 +38,11 @@ class Config:
 class Supervised(Method):
     Config = Config
     uses_labels = True
-    primary_eval = "accuracy"
     train_defaults = dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=20, warmup_epochs=1.0)
 
-    def __init__(self, backbone, cfg: Config, data: DataInfo):
+    def __init__(self, backbone, cfg: Config, data: DataInfo, pretrained: nn.Module | None = None):
+        """``pretrained``: the Encoder (from ``selfsup.runs.load_backbone``) of the run named by
+        ``cfg.init``, which the app loads; its weights and normalisation are copied in."""
         super().__init__(backbone, cfg, data)
         if data.num_classes < 2:
             raise SelfSupError("supervised training needs labelled data with at least 2 classes")
@@ -53,7 +56,9 @@ class Supervised(Method):
                 raise SelfSupError(f"--set {name}={getattr(cfg, name)}: must be {want}")
         self.pretrained = bool(cfg.init)
         if self.pretrained:
-            self._load_init(cfg.init)
+            if pretrained is None:
+                raise SelfSupError(f"--set init={cfg.init}: the pretrained backbone was not passed in")
+            self._load_init(cfg.init, pretrained)
         d = backbone.embed_dim
         self.head = nn.Sequential(*([nn.BatchNorm1d(d, affine=False)] if cfg.head_norm else []), nn.Linear(d, data.num_classes))
         nn.init.trunc_normal_(self.head[-1].weight, std=0.01)
@@ -62,10 +67,12 @@ class Supervised(Method):
         self.view = ViewConfig(size=data.image_size, scale=(cfg.crop_min, 1.0), flip_p=cfg.flip_p, jitter_p=0.0,
                                gray_p=0.0, blur_p=0.0)
 
-    def _load_init(self, path: str) -> None:
+    @classmethod
+    def pretrained_from(cls, cfg: Config) -> str:
+        return cfg.init
+
+    def _load_init(self, path: str, enc: nn.Module) -> None:
         """Copy a pretrained backbone in; take its normalisation (what it was trained to see)."""
-        from ..eval.evaluate import load_backbone
-        enc = load_backbone(path)
         meta = enc.meta
         if meta.get("input_space", "rgb") != "rgb":
             raise SelfSupError(f"--checkpoint {path}: fine-tuning a backbone that sees {meta['input_space']} is not supported")
@@ -87,7 +94,7 @@ class Supervised(Method):
         if name.startswith("head."):
             return n + 1
         parts = name.split(".")
-        if hasattr(self.backbone, "vit"):                 # backbone.vit.blocks.<i>....
+        if is_vit(self.backbone):                         # backbone.vit.blocks.<i>....
             if "blocks" in parts:
                 return int(parts[parts.index("blocks") + 1]) + 1
             return n + 1 if parts[2].startswith(("norm", "fc_norm", "head")) and parts[2] != "norm_pre" else 0
@@ -105,14 +112,13 @@ class Supervised(Method):
         """This parameter's learning rate as a fraction of the head's."""
         if name.startswith("head.") or not self.pretrained:
             return 1.0
-        vit = hasattr(self.backbone, "vit")
+        vit = is_vit(self.backbone)
         base = self.cfg.backbone_lr_scale or (1.0 if vit else 0.1)
         if vit and self.cfg.layer_decay < 1:
             return base * self.cfg.layer_decay ** (self.backbone.num_stages + 1 - self._stage_of(name))
         return base
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        from ..engine.optim import param_groups
         return param_groups(self, weight_decay, scale_of=self.lr_scale)
 
     # ---------------------------------------------------------------- the step

@@ -56,6 +56,11 @@ def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return f
 
 
+def is_vit(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` is one of our ViTs (patch embedding, blocks, a CLS token) rather than a CNN."""
+    return isinstance(backbone, ViT)
+
+
 def input_channels(input_space: str, data_channels: int) -> int:
     """Channels the backbone takes: the data's own, or 1 for the Lab lightness of RGB images."""
     if input_space not in INPUT_SPACES:

@@ -1,0 +1,237 @@
+"""Building a method from config and training it: the application around the engine's loop.
+
+``train`` resolves the config (global defaults < the method's small-image defaults < overrides),
+builds the method around a seeded backbone, prepares it (caption tokenizer, data statistics),
+runs :func:`selfsup.engine.fit` with the online monitor as a hook, and writes the run folder:
+config.json, provenance.json, the backbone, the method's own files and its pictures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import models, runs
+from ..config import TrainConfig, apply_overrides, split_overrides, to_dict
+from ..data.core import DataInfo, DatasetSplits, ImageSet
+from ..data.datasets import load_dataset
+from ..data.stream import StreamSet
+from ..distributed import setup as setup_processes, barrier
+from ..engine.batches import BatchSource, collate, data_info
+from ..engine.loop import RunResult, fit
+from ..errors import SelfSupError
+from ..eval.monitor import make_monitor, parse_protocols
+from ..methods import Method, get_method
+from ..runs import load_backbone, load_checkpoint, save_backbone
+from .device import pick_device
+
+__all__ = ["resolve_config", "run_configs", "validate", "as_image_set", "build_method", "backbone_meta", "prepare_method",
+           "write_pictures", "train", "load_method", "RunResult", "BatchSource", "data_info", "fit", "pick_device"]
+
+
+def resolve_config(method: str, overrides: dict | None = None) -> tuple[TrainConfig, object]:
+    """TrainConfig and method Config: global defaults < the method's small-image defaults < ``overrides``."""
+    cls = get_method(method)
+    train_over, method_over = split_overrides(dict(overrides or {}), TrainConfig, cls.Config)
+    cfg = apply_overrides(TrainConfig(method=method), cls.train_defaults, "train")
+    cfg = apply_overrides(cfg, train_over, "train")
+    validate(cfg)
+    return cfg, apply_overrides(cls.Config(), method_over, method)
+
+
+def run_configs(saved: dict, overrides: dict | None = None) -> tuple[TrainConfig, object]:
+    """TrainConfig and method Config of a run from its saved config (config.json, or the checkpoint's),
+    with ``overrides`` on top: the one way a run is rebuilt (resume, load_method, report)."""
+    saved = dict(saved)
+    saved.pop("data_info", None)
+    method_saved = saved.pop("method_config", {}) or {}
+    return resolve_config(saved.pop("method"), {**saved, **method_saved, **(overrides or {})})
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [("batch_size", cfg.batch_size > 0), ("epochs", cfg.epochs > 0), ("lr", cfg.lr > 0),
+              ("weight_decay", cfg.weight_decay >= 0), ("warmup_epochs", cfg.warmup_epochs >= 0),
+              ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0),
+              ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0),
+              ("accumulate", cfg.accumulate > 0), ("skip_nonfinite", cfg.skip_nonfinite >= 0),
+              ("monitor_every", cfg.monitor_every >= 0)]
+    for name, ok in checks:
+        if not ok:
+            raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every', 'accumulate') else 'non-negative'}, got {getattr(cfg, name)}")
+    if not 0 <= cfg.beta2 < 1:
+        raise SelfSupError(f"--set beta2={cfg.beta2}: must be in [0, 1)")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise SelfSupError(f"--device {cfg.device}: expected auto, cpu or cuda")
+    parse_protocols(cfg.monitor)
+    if cfg.backbone not in models.BACKBONES:
+        raise SelfSupError(f"--backbone {cfg.backbone}: unknown backbone (known: {', '.join(models.BACKBONES)})")
+
+
+def as_image_set(data, cfg: TrainConfig) -> ImageSet | torch.utils.data.Dataset:
+    """Accept a dataset spec, DatasetSplits, ImageSet, uint8 tensor (N, C, H, W) or any torch Dataset."""
+    if isinstance(data, str):
+        data = load_dataset(data, data_dir=cfg.data_dir or None, download=cfg.download, strict=cfg.strict)
+    if isinstance(data, DatasetSplits):
+        data = data.train
+    if isinstance(data, torch.Tensor):
+        if data.dtype != torch.uint8:
+            if not data.is_floating_point():
+                raise SelfSupError(f"image tensor must be uint8 or float in [0, 1], got {data.dtype}")
+            data = data.clamp(0, 1).mul(255).round().to(torch.uint8)
+        if data.dim() == 3:
+            data = data.unsqueeze(1)
+        data = ImageSet(data)
+    if isinstance(data, (ImageSet, StreamSet)) and cfg.subset and cfg.subset < len(data):
+        g = torch.Generator().manual_seed(cfg.seed)
+        data = data.subset(torch.randperm(len(data), generator=g)[: cfg.subset].sort().values)
+    if len(data) == 0:
+        raise SelfSupError("the training data holds no images")
+    return data
+
+
+def build_method(cfg: TrainConfig, method_cfg, info: DataInfo) -> Method:
+    """The method around a freshly initialised backbone (initialisation seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    cls = get_method(cfg.method)
+    in_chans = models.input_channels(cls.input_space, info.channels)
+    backbone = models.create_backbone(cfg.backbone, in_chans=in_chans, img_size=info.image_size)
+    start = cls.pretrained_from(method_cfg)   # loaded here, after the backbone: the seeded draws stay in order
+    if start:
+        return cls(backbone, method_cfg, info, pretrained=load_backbone(start))
+    return cls(backbone, method_cfg, info)
+
+
+def backbone_meta(cfg: TrainConfig, info: DataInfo, method_cfg=None) -> dict:
+    """What rebuilding the backbone needs, saved with ``backbone.safetensors``; checkpoints also
+    record its ``prefix`` in the method's state dict, so no method registry is needed to load it."""
+    cls = get_method(cfg.method)
+    meta = {"backbone": cfg.backbone, "in_chans": info.channels, "img_size": info.image_size,
+            "mean": info.mean, "std": info.std, "method": cfg.method, "input_space": cls.input_space}
+    if method_cfg is not None:
+        meta["prefix"] = cls.export_prefix(to_dict(method_cfg))
+    return meta
+
+
+def prepare_method(method: Method, images, seed: int) -> None:
+    """Give ``method.prepare`` its seeded sample of training images, and a caption method every
+    training caption (once, before a new run)."""
+    if method.uses_captions:
+        captions = getattr(images, "captions", None)
+        if captions is None:
+            raise SelfSupError(f"{type(method).__name__.lower()} needs image-caption data: a captions CSV/JSONL file "
+                               "(path.csv or path.jsonl with image and caption columns) or shapes")
+        method.prepare_text(list(captions))
+    n = method.prepare_samples
+    if not n:
+        return
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(images), generator=g)[:n]
+    sample = images.batch(idx)["images"] if isinstance(images, ImageSet) else collate([images[int(i)] for i in idx])["images"]
+    method.prepare(sample)
+
+
+def write_pictures(method: Method, images, run_dir: Path, seed: int) -> list[Path]:
+    """Each of ``method.pictures`` as RUN/pictures/NAME.png (8 images per row), from a fixed sample."""
+    from torchvision.utils import save_image
+    idx = torch.arange(min(8, len(images)))
+    batch = images.batch(idx) if isinstance(images, ImageSet) else collate([images[int(i)] for i in idx])
+    device = next(method.parameters()).device
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    was_training = method.training
+    method.eval()
+    torch.manual_seed(seed)
+    try:
+        with torch.no_grad():
+            pics = method.pictures(batch)
+    finally:
+        method.train(was_training)
+    paths = []
+    for name, x in pics.items():
+        path = run_dir / "pictures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(x.detach().float().cpu().clamp(0, 1), path, nrow=8, padding=1, pad_value=1.0)
+        paths.append(path)
+    return paths
+
+
+def train(method: str | None = None, data=None, out: str | Path | None = None, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, **overrides) -> RunResult:
+    """Pretrain ``method`` on ``data`` (a dataset spec, DatasetSplits, ImageSet, uint8 tensor or torch
+    Dataset) and write the run folder ``out`` (nothing is written when ``out`` is None).
+
+    ``overrides`` set TrainConfig fields (epochs, lr, backbone, ...) or the method's Config fields.
+    ``method`` defaults to "simclr" for a new run and to the checkpoint's on ``resume``.
+    """
+    if resume:
+        if out is None:
+            raise SelfSupError("--resume needs the run folder (--out)")
+        saved = load_checkpoint(Path(out) / "checkpoint.pt", method=method)   # another method's checkpoint: an error
+        cfg, method_cfg = run_configs(saved["config"], overrides)
+        method = cfg.method
+    else:
+        method = method or "simclr"
+        spec = data.name if isinstance(data, DatasetSplits) else data
+        spec = spec if isinstance(spec, str) else (f"<{type(data).__name__}>" if data is not None else None)
+        cfg, method_cfg = resolve_config(method, {**({"data": spec} if spec else {}), **overrides})
+        saved = None
+    if data is None or isinstance(data, str):
+        data = data or cfg.data
+        if data.startswith("<"):
+            raise SelfSupError(f"--data is needed (the run was trained on in-memory data, {data}); pass the same data again")
+    device = pick_device(cfg.device)
+    rank, world = setup_processes(device)
+    run_dir = None
+    if out is not None:
+        run_dir = Path(out)
+        if rank == 0:
+            runs.prepare(run_dir, resume=resume, overwrite=overwrite)
+        barrier()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    images = as_image_set(data, cfg)
+    info = data_info(images)
+    method_module = build_method(cfg, method_cfg, info)
+    if run_dir is not None and rank == 0 and not resume:
+        runs.write_json(run_dir / "config.json", {**to_dict(cfg), "method_config": to_dict(method_cfg),
+                                                    "data_info": info.__dict__})
+        runs.write_json(run_dir / "provenance.json", runs.provenance(device, world, _fingerprint(images)))
+    if not resume:
+        prepare_method(method_module, images, cfg.seed)
+    source = BatchSource(images, cfg.batch_size * cfg.accumulate, cfg.seed, rank, world, cfg.num_workers)
+    monitor = make_monitor(cfg, source.data, source.steps_per_epoch) if rank == 0 else None
+    result = fit(method_module, source, cfg, run_dir, device, resume_state=saved, progress=progress, method_cfg=method_cfg,
+                 hooks=[monitor] if monitor else [], extra_state={"backbone_meta": backbone_meta(cfg, info, method_cfg)})
+    if run_dir is not None and rank == 0:
+        save_backbone(method_module.export_backbone(), backbone_meta(cfg, info), run_dir / "backbone.safetensors")
+        for name, text in method_module.run_files().items():
+            (run_dir / name).write_text(text)
+        write_pictures(method_module, images, run_dir, cfg.seed)
+    return result
+
+
+def load_method(run_dir: str | Path) -> Method:
+    """The whole trained method of a run folder (backbone, heads, buffers), in eval mode: what
+    pretext metrics and pictures need beyond the backbone."""
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    cfg, method_cfg = run_configs(ckpt["config"])
+    info = runs.run_config(run_dir).get("data_info")
+    if info is None:
+        raise SelfSupError(f"{run_dir}: no config.json, so the data facts the method was built for are unknown")
+    info = DataInfo(**info)
+    method = build_method(cfg, method_cfg, info)
+    method.load_state_dict(ckpt["model"])
+    return method.eval()
+
+
+def _fingerprint(images) -> str | None:
+    if isinstance(images, (ImageSet, StreamSet)):
+        return DatasetSplits("data", images).fingerprint
+    return None
+
+
+def end_processes() -> bool:
+    """Leave torchrun's process group (a no-op on one process); whether this was the main process."""
+    from ..distributed import cleanup, is_main
+    main = is_main()
+    cleanup()
+    return main
