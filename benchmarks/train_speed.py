@@ -21,7 +21,9 @@ import torch  # noqa: E402
 
 from record import record  # noqa: E402
 from selfsup.data.datasets import load_dataset  # noqa: E402
-from selfsup.app.train import BatchSource, build_method, data_info, fit, pick_device, resolve_config  # noqa: E402
+from selfsup.app.train import build_method, pick_device, resolve_config  # noqa: E402
+from selfsup.engine.batches import BatchSource, data_info  # noqa: E402
+from selfsup.engine.loop import fit  # noqa: E402
 
 
 class FixedSource(BatchSource):

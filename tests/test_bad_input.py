@@ -57,6 +57,7 @@ SKIPPED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(SKIPPED))
 def test_unreadable_image_is_skipped_with_a_count_and_training_goes_on(case, tmp_path, capsys, caplog):
     name, make, reason = SKIPPED[case]
@@ -171,6 +172,7 @@ def test_grey_data_for_colorization_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and "colour" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_not_overwritten_without_asking(tmp_path, capsys):
     run = _setup_run(tmp_path)
     before = (run / "checkpoint.pt").read_bytes()

@@ -13,6 +13,7 @@ from selfsup.methods.rotation import Rotation
 DATA = "shapes:n=300,n_test=60,size=16"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_smoke_bench_runs_every_registered_method(tmp_path, capsys):
     record = tmp_path / "BENCHMARKS.md"
@@ -49,6 +50,7 @@ def test_smoke_bench_runs_every_registered_method(tmp_path, capsys):
     assert "selfsup bench --data" in text
 
 
+@pytest.mark.slow
 def test_a_broken_unit_shows_in_its_row_and_fails_the_command(tmp_path, monkeypatch, capsys):
     def nan_forward(self, batch):
         loss = self.head(self.backbone(batch["images"].float())).sum()
@@ -65,6 +67,7 @@ def test_a_broken_unit_shows_in_its_row_and_fails_the_command(tmp_path, monkeypa
     assert "non-finite" in (tmp_path / "b" / "bench.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_method_that_cannot_use_the_data_is_skipped_not_failed(tmp_path):
     """Colorization on grey images (Fashion-MNIST) is a skipped row with a note, as CLIP is without captions."""
     from selfsup.app.budgets import get_budget
@@ -80,6 +83,7 @@ def test_a_method_that_cannot_use_the_data_is_skipped_not_failed(tmp_path):
     assert bench_mod.failed({"rows": rows}) == []   # skipped rows do not fail the command
 
 
+@pytest.mark.slow
 def test_units_are_reused_only_when_commit_and_config_match(tmp_path, monkeypatch):
     calls = []
     real = bench_mod.run_unit
@@ -108,6 +112,7 @@ def test_config_hash_changes_with_what_decides_a_unit():
     assert len({key(0, "smoke"), key(1, "smoke"), key(0, "cpu")}) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "nope"], "--methods nope: unknown method"),
     (["--methods", "supervised"], "--methods supervised: uses labels"),

@@ -14,6 +14,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_train_eval_on_shapes_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = run(capsys, "train", "simclr", "--data", "shapes:n=64,n_test=32,size=16", "--epochs", "1",
@@ -34,6 +35,7 @@ def test_train_eval_on_shapes_end_to_end(tmp_path, capsys):
     assert code == 0 and abs(json.loads((tmp_path / "pix.json").read_text())["n_train"] - 32) <= 5  # per-class rounding
 
 
+@pytest.mark.slow
 def test_resume_and_overwrite_flags(tmp_path, capsys):
     args = ["train", "simclr", "--data", "shapes:n=32,n_test=8,size=16", "--epochs", "1", "--batch-size", "16",
             "--out", str(tmp_path / "r"), "--no-progress"]
@@ -99,6 +101,7 @@ def test_help_lists_the_commands(capsys):
     assert set(listed) == {"train", "eval", "bench", "embed", "export", "report", "data", "demo"}, listed
 
 
+@pytest.mark.slow
 def test_demo_falls_back_to_shapes_and_prints_the_comparison(tmp_path, capsys, monkeypatch):
     from selfsup.data import fashion_mnist
     from selfsup.app.demo import run_demo

@@ -163,11 +163,13 @@ def test_non_utf8_captions_are_read_with_replacement(tmp_path, caplog):
     assert "caf\ufffd au lait" in ds.train.captions and "not valid UTF-8" in caplog.text
 
 
+@pytest.mark.slow
 def test_clip_refuses_data_without_captions(tmp_path):
     with pytest.raises(SelfSupError, match="image-caption data"):
         selfsup.train("clip", data=tiny_images(32, 3, 16), epochs=1, batch_size=16, progress=False)
 
 
+@pytest.mark.slow
 def test_end_to_end_train_zeroshot_and_retrieval(tmp_path, capsys):
     run = tmp_path / "clip"
     data = "shapes:n=96,n_test=40,size=16,colors=free"
@@ -217,6 +219,7 @@ def _worker(rank, world, port, folder):
 
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_give_the_single_process_loss_and_gradient(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)

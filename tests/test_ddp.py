@@ -60,6 +60,7 @@ def _worker(rank, world, port, out):
 
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_two_processes_equal_one_with_doubled_batch(tmp_path):
     out = tmp_path / "ddp.pt"

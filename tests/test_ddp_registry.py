@@ -13,7 +13,9 @@ import torch.multiprocessing as mp
 
 from selfsup.config import TrainConfig
 from selfsup.data.datasets import ImageSet
-from selfsup.app.train import BatchSource, build_method, data_info, fit, prepare_method, resolve_config
+from selfsup.app.train import build_method, prepare_method, resolve_config
+from selfsup.engine.batches import BatchSource, data_info
+from selfsup.engine.loop import fit
 from selfsup.methods import METHODS
 
 from conftest import free_port, tiny_images
@@ -47,6 +49,7 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_method_keeps_both_processes_identical(tmp_path):
     assert TrainConfig().batch_size > BATCH   # the test overrides the default, it does not rely on it

@@ -268,6 +268,7 @@ def _worker(rank, world, port, out):
 
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_hold_the_teacher_and_centre_of_one_with_doubled_batch(tmp_path):
     out = str(tmp_path / "ddp.pt")
@@ -281,6 +282,7 @@ def test_two_processes_hold_the_teacher_and_centre_of_one_with_doubled_batch(tmp
         assert torch.allclose(r0[k], single[k], rtol=1e-4, atol=1e-6), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_saved_backbone_is_the_teacher_unless_asked(tmp_path, which):
     """The paper evaluates the EMA teacher: backbone.safetensors and, for an interrupted run, the

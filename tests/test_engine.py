@@ -28,6 +28,7 @@ def images():
     return tiny_images(64, 1, 16)
 
 
+@pytest.mark.slow
 def test_resume_runs_only_remaining_steps_and_matches_uninterrupted(tmp_path, images, monkeypatch):
     full = selfsup.train("simclr", data=images, out=tmp_path / "full", **SETTINGS)
     assert full.steps == 8  # 64 images / 16 = 4 steps per epoch, 2 epochs
@@ -52,6 +53,7 @@ def test_resume_runs_only_remaining_steps_and_matches_uninterrupted(tmp_path, im
     assert _same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
 
 
+@pytest.mark.slow
 def test_perturbed_checkpoint_changes_the_result(tmp_path, images):
     selfsup.train("simclr", data=images, out=tmp_path / "full", **SETTINGS)
     selfsup.train("simclr", data=images, out=tmp_path / "half", **{**SETTINGS, "epochs": 1})
@@ -64,6 +66,7 @@ def test_perturbed_checkpoint_changes_the_result(tmp_path, images):
     assert not _same(_weights(tmp_path / "full"), _weights(tmp_path / "half"))
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path, images):
     s = {**SETTINGS, "epochs": 1}
     selfsup.train("simclr", data=images, out=tmp_path / "a", seed=1, **s)
@@ -73,6 +76,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, images):
     assert not _same(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_run_folder_contents(tmp_path, images):
     run = tmp_path / "run"
     selfsup.train("simclr", data=images, out=run, **{**SETTINGS, "epochs": 1})
@@ -92,6 +96,7 @@ def test_run_folder_contents(tmp_path, images):
     assert encoder(x).shape == (4, encoder.embed_dim)
 
 
+@pytest.mark.slow
 def test_existing_run_is_refused_and_overwrite_keeps_foreign_files(tmp_path, images):
     run = tmp_path / "run"
     s = {**SETTINGS, "epochs": 1}
@@ -103,6 +108,7 @@ def test_existing_run_is_refused_and_overwrite_keeps_foreign_files(tmp_path, ima
     assert (run / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_nan_guard_names_step_and_checkpoint(tmp_path, images, monkeypatch):
     forward = SimCLR.forward
 
@@ -116,6 +122,7 @@ def test_nan_guard_names_step_and_checkpoint(tmp_path, images, monkeypatch):
         selfsup.train("simclr", data=images, out=tmp_path / "run", **SETTINGS)
 
 
+@pytest.mark.slow
 def test_bad_settings_are_one_line_errors(images):
     for bad, pattern in [({"batch_size": 0}, "--batch-size must be positive"), ({"epochs": -1}, "--epochs must be positive"),
                          ({"lr": 0}, "--lr must be positive"), ({"temperature": "hot"}, "temperature=hot: expected float"),
@@ -129,6 +136,7 @@ def test_bad_settings_are_one_line_errors(images):
         selfsup.train("simclr", data=images, **{**SETTINGS, "batch_size": 128})
 
 
+@pytest.mark.slow
 def test_trains_from_any_torch_dataset(tmp_path):
     imgs = tiny_images(32, 3, 16)
     ds = torch.utils.data.TensorDataset(imgs, torch.zeros(32, dtype=torch.long))
@@ -188,6 +196,7 @@ def test_the_step_order_exact_resume_depends_on(tmp_path):
     assert math.isfinite(rows[0]["loss"]) and math.isnan(rows[1]["loss"])   # step 2's window held only the skipped step
 
 
+@pytest.mark.slow
 def test_run_folders_of_the_previous_format_still_load(tmp_path):
     """A checkpoint written before checkpoints recorded ``backbone_meta`` (an interrupted run: no
     backbone file) still gives its backbone; a new one records the prefix and input space itself."""

@@ -76,6 +76,7 @@ def _toy_splits():
     return DatasetSplits("toy", ImageSet(imgs[:150], labels[:150]), ImageSet(imgs[150:], labels[150:]))
 
 
+@pytest.mark.slow
 def test_baselines_run_through_the_same_code_and_record_settings(tmp_path):
     data = _toy_splits()
     pix = evaluate(["knn", "linear"], baseline="pixels", data=data, k=10, out=tmp_path)
@@ -87,12 +88,14 @@ def test_baselines_run_through_the_same_code_and_record_settings(tmp_path):
     assert "provenance" in pix["knn"] and pix["knn"]["feature_dim"] == 256
 
 
+@pytest.mark.slow
 def test_validation_split_never_touches_test():
     data = _toy_splits()
     res = evaluate("knn", baseline="pixels", data=data, k=5, on="val")["knn"]
     assert res["n_test"] == 25 and res["n_train"] == 125 and res["split"] == "val"
 
 
+@pytest.mark.slow
 def test_evaluate_errors_are_one_line():
     data = _toy_splits()
     with pytest.raises(SelfSupError, match="either --checkpoint"):
@@ -125,6 +128,7 @@ def _splits_with(test_labels):
                          ImageSet(imgs[::4].clone(), test_labels, classes=["a", "b"]))
 
 
+@pytest.mark.slow
 def test_layer_auto_chooses_on_train_labels_only_and_records_the_choice():
     true = (torch.arange(80) // 40)[::4]
     r1 = evaluate(["knn"], data=_splits_with(true), baseline="random", backbone="resnet18_quarter", k=5, layer="auto")

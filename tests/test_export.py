@@ -63,6 +63,7 @@ def run_cli(capsys, *argv):
 
 # ----------------------------------------------------------------------------- embed
 
+@pytest.mark.slow
 def test_embed_npy_equals_the_evaluation_features_with_index_split_and_label(run, tmp_path, capsys):
     out = tmp_path / "emb.npy"
     code, stdout, err = run_cli(capsys, "embed", run, "--out", out)   # --data defaults to the run's
@@ -84,6 +85,7 @@ def test_embed_npy_equals_the_evaluation_features_with_index_split_and_label(run
     assert side["embeddings"] == "emb.npy" and side["split"] == "all"
 
 
+@pytest.mark.slow
 def test_embed_earlier_layer_and_one_split(run, tmp_path):
     res = embed(run, data=DATA, out=tmp_path / "l2.npy", split="test", layer=2, pool="grid")
     encoder = selfsup.load_backbone(run)
@@ -92,6 +94,7 @@ def test_embed_earlier_layer_and_one_split(run, tmp_path):
     assert res["columns"]["split"] == ["test"] * 16 and res["meta"]["layer"] == 2
 
 
+@pytest.mark.slow
 def test_embed_folder_to_parquet_carries_paths_and_labels(run, image_folder, tmp_path, capsys):
     pq = pytest.importorskip("pyarrow.parquet")
     spec = f"{image_folder}:size=16,test_fraction=0.25"
@@ -123,6 +126,7 @@ def test_caption_file_images_carry_their_paths_through_subsets(image_folder, tmp
     assert sub.paths == [ds.train.paths[2], ds.train.paths[0]]
 
 
+@pytest.mark.slow
 def test_embed_bad_inputs_are_one_line_errors(run, tmp_path, capsys, monkeypatch):
     cases = [
         (["embed", run, "--out", tmp_path / "e.csv"], "expected a .npy or .parquet file"),
@@ -144,6 +148,7 @@ def test_embed_bad_inputs_are_one_line_errors(run, tmp_path, capsys, monkeypatch
 
 # ----------------------------------------------------------------------------- export
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["resnet", "vit"])
 def test_onnx_matches_pytorch_within_tolerance(which, run, vit_file, tmp_path, caplog):
     ort = pytest.importorskip("onnxruntime")
@@ -167,6 +172,7 @@ def test_onnx_matches_pytorch_within_tolerance(which, run, vit_file, tmp_path, c
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_safetensors_export_loads_with_load_backbone(run, tmp_path, capsys):
     code, stdout, err = run_cli(capsys, "export", run, "--out", tmp_path / "x", "--format", "safetensors")
     assert code == 0, err
@@ -178,6 +184,7 @@ def test_safetensors_export_loads_with_load_backbone(run, tmp_path, capsys):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.slow
 def test_export_bad_inputs_are_one_line_errors(run, tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("")
     cases = [

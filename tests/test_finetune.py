@@ -37,6 +37,7 @@ def test_from_scratch_every_parameter_trains_at_the_head_rate():
     assert {g["lr_scale"] for g in m.optimizer_groups(0.05)} == {1.0}
 
 
+@pytest.mark.slow
 def test_pretrained_resnet_backbone_gets_a_lower_rate(pretrained):
     m = make(init=str(pretrained / "simclr"))
     scales = {n: m.lr_scale(n) for n, _ in m.named_parameters()}
@@ -47,6 +48,7 @@ def test_pretrained_resnet_backbone_gets_a_lower_rate(pretrained):
     assert m.data.mean == selfsup.load_backbone(pretrained / "simclr").meta["mean"]   # the backbone's own normalisation
 
 
+@pytest.mark.slow
 def test_pretrained_vit_gets_layer_wise_decay(pretrained):
     m = make("vit_micro", init=str(pretrained / "mae"), layer_decay=0.5)
     n = m.backbone.num_stages
@@ -61,6 +63,7 @@ def test_pretrained_vit_gets_layer_wise_decay(pretrained):
     assert all((g["weight_decay"] == 0) == all(p.ndim <= 1 for p in g["params"]) for g in opt.param_groups)
 
 
+@pytest.mark.slow
 def test_engine_applies_each_group_scale(pretrained, monkeypatch):
     seen = []
     step = torch.optim.AdamW.step
@@ -98,6 +101,7 @@ def test_bad_settings_are_one_line_errors():
         make()({"images": tiny_images(4, 3, 16)})
 
 
+@pytest.mark.slow
 def test_finetune_searches_lrs_on_held_out_labels_then_scores_test(pretrained, tmp_path):
     res = selfsup.finetune(checkpoint=pretrained / "simclr", lrs=[1e-3, 3e-3], epochs=1, out=tmp_path / "ft.json")
     assert set(res["lr_search"]) == {"0.001", "0.003"} and res["lr"] in (1e-3, 3e-3)
@@ -110,6 +114,7 @@ def test_finetune_searches_lrs_on_held_out_labels_then_scores_test(pretrained, t
         selfsup.finetune(data=DATA)
 
 
+@pytest.mark.slow
 def test_cli_finetune_and_its_errors(pretrained, capsys):
     code = cli_main(["eval", "finetune", "--checkpoint", str(pretrained / "mae"), "--epochs", "1",
                      "--set", "layer_decay=0.65"])

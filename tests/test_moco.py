@@ -238,6 +238,7 @@ def _worker(rank, world, port, folder):
 
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_equal_one_with_doubled_batch(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -11,7 +11,8 @@ from conftest import tiny_images
 import selfsup
 from selfsup.data.datasets import load_dataset
 from selfsup.runs import read_backbone
-from selfsup.app.train import build_method, data_info, resolve_config
+from selfsup.app.train import build_method, resolve_config
+from selfsup.engine.batches import data_info
 from selfsup.errors import SelfSupError
 from selfsup.eval.monitor import make_monitor
 
@@ -32,6 +33,7 @@ def rows(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_rows_appear_every_half_epoch(runs):
     monitored = [r for r in rows(runs[0]) if "monitor_knn" in r]
     assert [(r["step"], r["epoch"]) for r in monitored] == [(2, 0.5), (4, 1.0), (6, 1.5), (8, 2.0)]
@@ -41,6 +43,7 @@ def test_rows_appear_every_half_epoch(runs):
     assert json.loads((runs[0] / "config.json").read_text())["monitor_every"] == 0.5
 
 
+@pytest.mark.slow
 def test_monitoring_does_not_change_the_trained_weights(runs):
     on, off = (read_backbone(run / "backbone.safetensors")[0] for run in runs)
     assert on.keys() == off.keys()
@@ -67,6 +70,7 @@ def test_monitor_restores_rng_and_modes_and_scores_held_out_train_images():
     assert row["epoch"] == 1.0 and set(row) == {"step", "epoch", "monitor_knn", "monitor_linear", "monitor_s"}
 
 
+@pytest.mark.slow
 def test_unlabelled_data_warns_once_and_trains_on(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="selfsup"):
         selfsup.train("simclr", data=tiny_images(32, 3, 16), out=tmp_path / "r", epochs=2, batch_size=16,

@@ -58,6 +58,7 @@ def png_size(data: bytes) -> tuple[int, int]:
     return w, h
 
 
+@pytest.mark.slow
 def test_report_sections_and_png_data_uris(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert f"report written to {run_dir / 'report.html'}" in capsys.readouterr().out
@@ -80,6 +81,7 @@ def chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-headless-shell", "chromium-browser")) if p), None)
 
 
+@pytest.mark.slow
 def test_every_image_loads_in_headless_chromium(run_dir, tmp_path):
     browser = chromium()
     if browser is None:
@@ -100,6 +102,7 @@ def test_every_image_loads_in_headless_chromium(run_dir, tmp_path):
     assert (int(found.group(1)), int(found.group(2))) == (n, n)
 
 
+@pytest.mark.slow
 def test_unlabelled_data_a_broken_eval_file_and_pca_without_sklearn(run_dir, tmp_path, monkeypatch):
     from PIL import Image
     folder = tmp_path / "flat"
@@ -120,6 +123,7 @@ def test_unlabelled_data_a_broken_eval_file_and_pca_without_sklearn(run_dir, tmp
     assert xy.shape == (40, 2) and how.startswith("PCA") and "not installed" in how
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,message", [
     ("missing", "no such run folder"),
     ("empty", "not a run folder (no config.json"),

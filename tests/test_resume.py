@@ -39,6 +39,7 @@ def _cli(*argv):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -78,6 +79,7 @@ def test_a_failure_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]           # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     real = ckpt_mod.torch.save

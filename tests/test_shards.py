@@ -22,7 +22,7 @@ from selfsup.cli import main
 from selfsup.data.datasets import DatasetSplits, ImageSet, load_dataset
 from selfsup.data.shard_writer import write_shards
 from selfsup.data.stream import StreamSet
-from selfsup.app.train import BatchSource
+from selfsup.engine.batches import BatchSource
 from selfsup.errors import SelfSupError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +211,7 @@ def test_data_loader_workers_give_the_in_memory_batches(tmp_path):
             assert a["captions"] == b["captions"]
 
 
+@pytest.mark.slow
 def test_train_clip_and_evaluate_through_shards_on_the_command_line(tmp_path, capsys):
     out = tmp_path / "shards"
     assert main(["data", "shard", "shapes:n=32,n_test=16,size=16", "--out", str(out), "--shard-mb", "0.01"]) == 0
@@ -267,6 +268,7 @@ print(json.dumps({"n": len(data), "growth": (kib("VmHWM") - base) * 1024, "cache
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak resident set size from /proc")
 @pytest.mark.timeout(600)
 def test_reading_100_mb_of_shards_with_a_50_mb_cache_keeps_memory_bounded(tmp_path):

@@ -17,7 +17,8 @@ import selfsup
 from selfsup.config import TrainConfig
 from selfsup.data.datasets import ImageSet
 from selfsup.runs import load_checkpoint
-from selfsup.app.train import BatchSource, fit
+from selfsup.engine.batches import BatchSource
+from selfsup.engine.loop import fit
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import DataInfo, Method
 from selfsup.methods.simclr import SimCLR
@@ -53,6 +54,7 @@ def _fit(batch_size, accumulate, **over):
     return result, method.state_dict()
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_equal_the_larger_batch():
     big, w_big = _fit(16, 1)
     acc, w_acc = _fit(8, 2)
@@ -63,6 +65,7 @@ def test_accumulated_micro_batches_equal_the_larger_batch():
     assert any(not torch.allclose(w_big[k], w_small[k], atol=1e-4) for k in w_big)   # the comparison can fail
 
 
+@pytest.mark.slow
 def test_accumulate_through_train_counts_optimiser_steps(tmp_path):
     res = selfsup.train("rotation", data=tiny_images(64, 1, 16), out=tmp_path / "r", epochs=1, batch_size=8,
                         accumulate=2, progress=False)
@@ -70,6 +73,7 @@ def test_accumulate_through_train_counts_optimiser_steps(tmp_path):
     assert json.loads((tmp_path / "r" / "config.json").read_text())["accumulate"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_bad_accumulate_is_one_line_error(value, tmp_path, capsys):
     from selfsup.cli import main
@@ -89,6 +93,7 @@ def _nan_at(monkeypatch, steps):
     monkeypatch.setattr(SimCLR, "forward", poisoned)
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_without_updating(tmp_path, monkeypatch):
     kw = dict(epochs=1, batch_size=16, progress=False, checkpoint_every_steps=1, warmup_epochs=0)
     selfsup.train("simclr", data=tiny_images(64, 1, 16), out=tmp_path / "clean", **{**kw, "epochs": 0.5})
@@ -102,6 +107,7 @@ def test_skip_nonfinite_skips_without_updating(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_nonfinite_beyond_the_allowance_stops_naming_step_and_checkpoint(tmp_path, monkeypatch):
     _nan_at(monkeypatch, {1, 2})
     with pytest.raises(SelfSupError, match=r"at step 2 \(after skipping 1 such step\(s\)\).*checkpoint.pt \(step 2\)"):
@@ -135,6 +141,7 @@ def _worker(rank, world, port, out, nan_rank):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_with_accumulation_equal_one_with_the_quadrupled_batch(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path / "w"), None), nprocs=2, join=True)
@@ -146,6 +153,7 @@ def test_two_processes_with_accumulation_equal_one_with_the_quadrupled_batch(tmp
         assert torch.allclose(r0["state"][k], single[k], atol=1e-6), k
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_nan_on_one_process_is_skipped_by_both(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path / "w"), 1), nprocs=2, join=True)
@@ -168,6 +176,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_torchrun_two_processes_train_then_eval(tmp_path):
     out = tmp_path / "ddp"

@@ -1,4 +1,5 @@
 """Online monitor: kNN (and linear-probe) accuracy of the backbone every few epochs of pretraining,
+a hook that the app passes into ``fit`` (the engine knows nothing of it),
 as ``{"step", "epoch", "monitor_knn", "monitor_linear", "monitor_s"}`` rows of metrics.jsonl.
 
 It is scored on a fixed, seeded, labelled part of the *training* images: a stratified sixth held
@@ -47,6 +48,11 @@ class Monitor:
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
+
+    def after_step(self, method, step: int, steps_per_epoch: int, device: torch.device, metrics=None) -> None:
+        """The engine's hook (:class:`selfsup.engine.loop.Hook`): score when due."""
+        if self.due(step):
+            self.run(method, step, steps_per_epoch, device, metrics)
 
     def run(self, method, step: int, steps_per_epoch: int, device: torch.device, metrics=None) -> dict:
         """Score ``method``'s backbone now; write the row to the open ``metrics`` file, if any, and return it."""
