@@ -149,7 +149,7 @@ def _write(results: dict, out, checkpoint, label_fraction: float, layer) -> None
         if out is not None and str(out).endswith(".json") and len(results) == 1:
             path = Path(out)
         else:
-            folder = Path(out) if out is not None else Path(checkpoint) / "eval"
+            folder = Path(out) if out is not None else runs.result_path(checkpoint)
             suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("" if layer is None else f"_layer{layer}")
             suffix += "_val" if results[p]["split"] == "val" else ""
             path = folder / f"{p}{suffix}.json"

@@ -93,7 +93,7 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         path = Path(out) if folder is None else folder / "finetune.json"
     elif checkpoint is not None and Path(checkpoint).is_dir():
         suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("_val" if on == "val" else "")
-        path = Path(checkpoint) / "eval" / f"finetune{suffix}.json"
+        path = runs.result_path(checkpoint, f"finetune{suffix}.json")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         runs.write_json(path, result)

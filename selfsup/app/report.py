@@ -22,11 +22,11 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from ..data.augment import make_view
-from ..data.datasets import load_dataset, stratified_split
+from ..data.datasets import stratified_split
 from ..errors import SelfSupError
 from ..eval.features import extract
 from ..methods.base import DataInfo, denormalize
-from ..runs import load_backbone, read_metrics
+from ..runs import load_backbone, read_metrics, result_path, run_data
 from .device import pick_device
 from .train import build_method, run_configs
 
@@ -47,9 +47,7 @@ def build_report(run_dir: str | Path, data: str | None = None, out: str | Path |
     run_dir = Path(run_dir)
     cfg = read_run(run_dir)
     spec = data or cfg.get("data")
-    if not spec or spec.startswith("<"):
-        raise SelfSupError(f"{run_dir}: trained on in-memory data ({spec}); pass --data to say which images to show")
-    splits = load_dataset(spec, data_dir=data_dir or cfg.get("data_dir") or None)
+    splits = run_data(run_dir, data, data_dir=data_dir)
     train, test = splits.train, splits.test
     if test is None:
         keep, held = stratified_split(train.labels, len(train), 0.2, seed)
@@ -252,7 +250,7 @@ def neighbours_section(encoder, train, test, seed: int, dev) -> str:
 
 def eval_section(run_dir: Path) -> str:
     """A table of RUN/eval/*.json: protocol, score and every scalar setting."""
-    paths = sorted((run_dir / "eval").glob("*.json"))
+    paths = sorted(result_path(run_dir).glob("*.json"))
     if not paths:
         return _note(f"no evaluation results in {run_dir / 'eval'} yet "
                      f"(e.g. selfsup eval knn --checkpoint {run_dir}).")

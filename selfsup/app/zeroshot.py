@@ -119,7 +119,7 @@ def retrieval(checkpoint: str | Path, data: str | DatasetSplits | None = None, o
 
 
 def _write(result: dict, out, checkpoint, stem: str) -> dict:
-    path = Path(out) if out is not None else Path(checkpoint) / "eval" / f"{stem}.json"
+    path = Path(out) if out is not None else runs.result_path(checkpoint, f"{stem}.json")
     if out is not None and not str(out).endswith(".json"):
         path = Path(out) / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

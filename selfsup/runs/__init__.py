@@ -9,14 +9,9 @@ from ..atomic import atomic_write, write_json
 from .backbone import checkpoint_backbone, load_backbone
 from .checkpoint import load_checkpoint, read_backbone, save_backbone, save_checkpoint
 from .data import run_data
-from .folder import RUN_DIRS, RUN_FILES, git_commit, prepare, provenance, read_metrics, run_config
+from .folder import RUN_DIRS, RUN_FILES, git_commit, prepare, provenance, read_metrics, result_path, run_config
 
 __all__ = ["atomic_write", "write_json", "load_backbone", "checkpoint_backbone", "load_checkpoint", "read_backbone",
            "save_backbone", "save_checkpoint", "run_data", "RUN_DIRS", "RUN_FILES", "git_commit", "prepare",
            "provenance", "read_metrics", "run_config", "result_path"]
 
-
-def result_path(run_dir, name: str):
-    """Where a run's evaluation result ``name`` (e.g. ``knn_0.01.json``) is written: RUN/eval/NAME."""
-    from pathlib import Path
-    return Path(run_dir) / "eval" / name

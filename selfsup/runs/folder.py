@@ -16,7 +16,7 @@ import torch
 from ..atomic import write_json
 from ..errors import SelfSupError
 
-__all__ = ["RUN_FILES", "RUN_DIRS", "prepare", "write_json", "git_commit", "provenance", "read_metrics", "run_config"]
+__all__ = ["RUN_FILES", "RUN_DIRS", "prepare", "write_json", "git_commit", "provenance", "read_metrics", "result_path", "run_config"]
 
 RUN_FILES = ("config.json", "provenance.json", "metrics.jsonl", "checkpoint.pt", "backbone.safetensors", "report.html",
              "tokenizer.json")
@@ -77,6 +77,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def result_path(run_dir: str | Path, name: str = "") -> Path:
+    """Where a run's evaluation results are written: RUN/eval/NAME (the folder itself without ``name``)."""
+    return Path(run_dir) / "eval" / name if name else Path(run_dir) / "eval"
 
 
 def run_config(run_dir: str | Path) -> dict:
