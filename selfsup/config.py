@@ -48,9 +48,7 @@ class TrainConfig:
 
 
 def _convert(value, typ, key: str):
-    """Parse a string (or JSON value) as the field's type, or raise naming the key."""
-    if isinstance(typ, str):
-        typ = eval(typ, vars(typing), {})  # annotations are strings under `from __future__ import annotations`
+    """Parse a string (or JSON value) as the field's type (resolved by ``field_types``), or raise naming the key."""
     origin = typing.get_origin(typ)
     try:
         if typ is bool:
