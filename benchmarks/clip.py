@@ -12,6 +12,7 @@
    and wall-clock budget.
 
     python benchmarks/clip.py --budget cpu --seeds 3
+    python benchmarks/clip.py --smoke [--out DIR]   # the smoke budget on tiny shapes for both parts, in seconds
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 import selfsup  # noqa: E402
+import pretext  # noqa: E402
 from pretext import ms, results_dir  # noqa: E402
 from record import record  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
@@ -39,6 +41,7 @@ from selfsup.app.train import load_method  # noqa: E402
 from selfsup.app.zeroshot import caption_matches, recall_at, zeroshot_predict  # noqa: E402
 from selfsup.models.text import text_model_path  # noqa: E402
 
+COMPOSITION_DATA, UNSEEN_DATA = "shapes:colors=free", "fashion-mnist"   # --smoke: tiny shapes for both
 PHRASINGS = ["a photo of a {}.", "a {}.", "a picture of a {}.", "this is a {}.", "an image showing a {}.",
              "a grey {}.", "a small photo of a {}."]
 UNSEEN = (0, 9)   # Fashion-MNIST classes removed from training: t-shirt/top, ankle boot
@@ -60,7 +63,7 @@ def shapes_composition(seed: int, budget, out: Path) -> dict:
     path = results_dir(budget) / f"clip-shapes-composition-seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    data = selfsup.load_dataset("shapes:colors=free")
+    data = selfsup.load_dataset(COMPOSITION_DATA)
     combos = [(o, c) for o in range(len(CLASSES)) for c in range(len(COLORS))]
     g = torch.Generator().manual_seed(1000 + seed)
     held = {combos[i] for i in torch.randperm(len(combos), generator=g)[: len(combos) // 5].tolist()}
@@ -71,7 +74,7 @@ def shapes_composition(seed: int, budget, out: Path) -> dict:
     novel = torch.tensor([p in held for p in te_pairs]).nonzero().flatten()
     run = out / f"clip-shapes-composition-seed{seed}"
     t0 = time.time()
-    res = selfsup.train("clip", data=DatasetSplits("shapes:colors=free (held-out combinations removed)", train, data.test),
+    res = selfsup.train("clip", data=DatasetSplits(f"{COMPOSITION_DATA} (held-out combinations removed)", train, data.test),
                         out=run, overwrite=True, progress=False, backbone=budget.backbone, time_limit=budget.minutes,
                         epochs=budget.max_epochs, seed=seed)
     method = load_method(run)
@@ -118,11 +121,11 @@ def fashion_unseen(seed: int, budget, out: Path, tower: str) -> dict:
     if path.exists():
         row = json.loads(path.read_text())
         if "unseen_2way" not in row:   # added after the first runs: evaluated from the kept run folder, not retrained
-            data = selfsup.load_dataset("fashion-mnist")
+            data = selfsup.load_dataset(UNSEEN_DATA)
             row["unseen_2way"] = unseen_among_themselves(load_method(run), data, [c.lower() for c in data.train.classes])
             path.write_text(json.dumps(row, indent=1))
         return row
-    data = selfsup.load_dataset("fashion-mnist")
+    data = selfsup.load_dataset(UNSEEN_DATA)
     names = [c.lower() for c in data.train.classes]
     g = torch.Generator().manual_seed(2000 + seed)
     keep = torch.tensor([int(y) not in UNSEEN for y in data.train.labels]).nonzero().flatten()
@@ -146,11 +149,17 @@ def fashion_unseen(seed: int, budget, out: Path, tower: str) -> dict:
 
 
 def main():
+    global COMPOSITION_DATA, UNSEEN_DATA
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", default="cpu")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="seconds: the smoke budget on tiny shapes for both parts, one "
+                                                         "seed; results and BENCHMARKS.md in --out (default: a temp folder)")
     args = ap.parse_args()
+    if args.smoke:
+        pretext.smoke(args)
+        COMPOSITION_DATA, UNSEEN_DATA = pretext.SMOKE_DATA + ",colors=free", pretext.SMOKE_DATA
     budget = get_budget(args.budget)
     text_model_path(TEXT_TOWERS["lit"][0]["text_model"])   # without the lit extra: a one-line error now, not at the end
     out = Path(args.out or f"runs/bench-{budget.name}")

@@ -6,6 +6,7 @@ raw pixels; then DINO with the budget's ViT on ``shapes`` and the share of its C
 the object masks, against a random-init ViT of the same architecture.
 
     python benchmarks/contrastive.py --budget cpu --seeds 3
+    python benchmarks/contrastive.py --smoke [--out DIR]   # the smoke budget on tiny shapes, in seconds
 
 Results are kept per (method, dataset, seed) in benchmarks/results/BUDGET/*.json (shared with
 benchmarks/pretext.py, so the baselines are computed once) and not recomputed.
@@ -25,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import selfsup  # noqa: E402
-from pretext import DATASETS, ms, results_dir, run_baseline, run_one, verdict  # noqa: E402
+from pretext import DATASETS, ms, results_dir, run_baseline, run_one, smoke, verdict  # noqa: E402
 from record import record  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.eval.attention import attention_vs_random  # noqa: E402
@@ -95,10 +96,15 @@ def main():
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=None, help="default runs/bench-BUDGET (shared with benchmarks/pretext.py)")
     ap.add_argument("--note", default="", help="a remark recorded with the table (e.g. how the runs were made)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: the smoke budget on tiny shapes only, one seed; "
+                                                         "results and BENCHMARKS.md in --out (default: a temp folder)")
     args = ap.parse_args()
+    if args.smoke:
+        smoke(args)
     budget = get_budget(args.budget)
     out = Path(args.out or f"runs/bench-{budget.name}")
-    loaded = {ds: selfsup.load_dataset(spec) for ds, spec in DATASETS.items()}
+    # --smoke: shapes only (the attention part needs it), so each method trains once
+    loaded = {ds: selfsup.load_dataset(spec) for ds, spec in DATASETS.items() if not args.smoke or ds == "shapes"}
     rows, att = [], []
     for seed in range(args.seeds):
         for ds, data in loaded.items():
@@ -112,7 +118,7 @@ def main():
         att.append(run_attention(loaded["shapes"], seed, budget, out))
     body = table(rows, att, budget, args.seeds, args.note)
     print(body)
-    if args.methods == ",".join(METHODS):
+    if args.methods == ",".join(METHODS):   # (--smoke: into its own folder's BENCHMARKS.md)
         record("contrastive", "MoCo v2, MoCo v3 and DINO beside SimCLR; DINO's attention maps (issue 4)", body)
 
 

@@ -9,6 +9,7 @@ the same augmentation, schedule (``--ft-minutes`` of wall clock per training run
 search (``--lrs``, chosen on a held-out sixth of the labelled images) for both arms.
 
     python benchmarks/mae.py --budget cpu --seeds 3
+    python benchmarks/mae.py --smoke [--out DIR]   # the smoke budget on tiny shapes, one data set, in seconds
 
 Results are kept per unit in benchmarks/results/BUDGET/*.json (committed) and not recomputed.
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 import selfsup  # noqa: E402
-from pretext import DATASETS, ms, results_dir, run_baseline  # noqa: E402
+from pretext import DATASETS, ms, results_dir, run_baseline, smoke  # noqa: E402
 from record import record  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.app.train import load_method  # noqa: E402
@@ -124,7 +125,12 @@ def main():
                     help="seeds that search --lrs; later seeds reuse the rate seed 0 chose for the same arm, data and fraction")
     ap.add_argument("--datasets", default=",".join(MAE_DATASETS))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="seconds: the smoke budget on tiny shapes, one data set, one "
+                    "seed, 0.01-minute fine-tuning at one rate; results and BENCHMARKS.md in --out (default: a temp folder)")
     args = ap.parse_args()
+    if args.smoke:
+        smoke(args, MAE_DATASETS)
+        args.datasets, args.ft_minutes, args.lrs = "shapes-free", 0.01, "0.001"
     for ds in args.datasets.split(","):   # before any work, not after the first dataset's units
         if ds not in MAE_DATASETS:
             ap.error(f"--datasets {ds}: unknown (known: {', '.join(MAE_DATASETS)})")
@@ -150,7 +156,7 @@ def main():
                     ft.append(finetune_arm(arm, ds, data, seed, fraction, budget, out, arm_lrs, args.ft_minutes))
     body = table(pre, base, ft, budget, args)
     print(body)
-    if args.datasets == ",".join(MAE_DATASETS) and args.ft_minutes == 1.0:
+    if args.smoke or (args.datasets == ",".join(MAE_DATASETS) and args.ft_minutes == 1.0):
         record("mae", "MAE: reconstruction, probes and fine-tuning against the same ViT from scratch (issue 5)", body)
 
 

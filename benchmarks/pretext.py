@@ -5,6 +5,7 @@ beside the random-init backbone (same stage selection) and the raw pixels, and w
 method's pretext score beside a trivial reference.
 
     python benchmarks/pretext.py --budget cpu --seeds 3
+    python benchmarks/pretext.py --smoke [--out DIR]   # the smoke budget on tiny shapes, in seconds
 
 Each (method, dataset, seed) result is kept in benchmarks/results/BUDGET/*.json (committed) and not
 recomputed, so an interrupted benchmark continues where it stopped; BENCHMARKS.md is rewritten from
@@ -27,18 +28,31 @@ sys.path.insert(0, str(HERE.parent))
 import torch  # noqa: E402
 
 import selfsup  # noqa: E402
-from record import record  # noqa: E402
+from record import SMOKE_DATA, record, smoke_dir  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.app.train import load_method  # noqa: E402
 
 PLAN = [("rotation", "fashion-mnist"), ("jigsaw", "fashion-mnist"), ("inpainting", "fashion-mnist"),
         ("rotation", "shapes"), ("jigsaw", "shapes"), ("colorization", "shapes"), ("inpainting", "shapes")]
 DATASETS = {"fashion-mnist": "fashion-mnist", "shapes": "shapes:colors=class"}
+SMOKE_PLAN = [(m, "shapes") for m in ("rotation", "jigsaw", "colorization", "inpainting")]   # each method once
+RESULTS = HERE / "results"
 
 
 def results_dir(budget) -> Path:
     """Where each unit's result JSON is kept (committed: the tables are rebuilt from these files)."""
-    return HERE / "results" / budget.name
+    return RESULTS / budget.name
+
+
+def smoke(args, datasets: dict = DATASETS) -> None:
+    """``--smoke`` of this script and the ones built on it: the smoke budget, one seed, tiny shapes in
+    place of every data set (keys kept), and the results, run folders and BENCHMARKS.md in ``args.out``
+    (default: a temp folder) instead of the repository."""
+    global RESULTS
+    args.out, args.budget, args.seeds = smoke_dir(args.out), "smoke", 1
+    RESULTS = args.out / "results"
+    for k in datasets:
+        datasets[k] = SMOKE_DATA
 
 
 @torch.no_grad()
@@ -176,10 +190,16 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma list of method:dataset to run (default: the whole plan)")
     ap.add_argument("--out", default=None, help="default runs/bench-BUDGET (results shared with the other benchmarks)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: the smoke budget on tiny shapes, one seed; "
+                                                         "results and BENCHMARKS.md in --out (default: a temp folder)")
     args = ap.parse_args()
+    if args.smoke:
+        smoke(args)
     budget = get_budget(args.budget)
     out = Path(args.out or f"runs/bench-{budget.name}")
     plan = PLAN if not args.only else [tuple(x.split(":", 1)) for x in args.only.split(",")]
+    if args.smoke and not args.only:
+        plan = SMOKE_PLAN
     loaded = {ds: selfsup.load_dataset(spec) for ds, spec in DATASETS.items() if any(p[1] == ds for p in plan)}
     rows = []
     for seed in range(args.seeds):

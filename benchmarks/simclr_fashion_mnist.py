@@ -2,6 +2,7 @@
 the random-init and raw-pixel baselines, over several seeds, all through ``selfsup.evaluate``.
 
     python benchmarks/simclr_fashion_mnist.py --minutes 10 --seeds 3
+    python benchmarks/simclr_fashion_mnist.py --smoke [--out DIR]   # 2 epochs of tiny shapes, one seed, in seconds
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import selfsup  # noqa: E402
-from record import record  # noqa: E402
+from record import SMOKE_DATA, record, smoke_dir  # noqa: E402
 
 
 def mean_std(xs):
@@ -30,9 +31,14 @@ def main():
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget per seed")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--backbone", default="resnet18_quarter")
-    ap.add_argument("--out", default="runs/bench-simclr-fmnist")
+    ap.add_argument("--out", default=None, help="default runs/bench-simclr-fmnist (--smoke: a temp folder)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 epochs of tiny shapes, one seed; everything into --out")
     args = ap.parse_args()
-    data = selfsup.load_dataset("fashion-mnist")
+    epochs = 1000   # the wall clock ends each run
+    if args.smoke:
+        args.out, args.seeds, epochs = smoke_dir(args.out), 1, 2
+    args.out = args.out or "runs/bench-simclr-fmnist"
+    data = selfsup.load_dataset(SMOKE_DATA if args.smoke else "fashion-mnist")
     rows = {"SimCLR": {"knn": [], "linear": []}, "random-init": {"knn": [], "linear": []},
             "raw pixels": {"knn": [], "linear": []}}
     runs = []
@@ -40,7 +46,7 @@ def main():
         run_dir = Path(args.out) / f"seed{seed}"
         t0 = time.time()
         res = selfsup.train("simclr", data=data, out=run_dir, overwrite=True, progress=False, backbone=args.backbone,
-                            time_limit=args.minutes, epochs=1000, seed=seed)
+                            time_limit=args.minutes, epochs=epochs, seed=seed)
         train_min = (time.time() - t0) / 60
         runs.append({"seed": seed, "steps": res.steps, "epochs": round(res.steps * res.config.batch_size / len(data.train), 2),
                      "train_min": round(train_min, 2), "images_per_s": round(res.images_per_s)})

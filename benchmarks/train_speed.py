@@ -6,6 +6,7 @@ Bound: the same engine and method with the views replaced by pre-made tensors, s
 the model alone (forward, loss, backward, optimiser). images/s counts source images (2 views each).
 
     python benchmarks/train_speed.py [--steps N] [--backbones resnet18_quarter,resnet18]
+    python benchmarks/train_speed.py --smoke [--out DIR]   # 2 steps of batch 32, resnet18_quarter, tiny shapes
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from record import record  # noqa: E402
+from record import SMOKE_DATA, record, smoke_dir  # noqa: E402
 from selfsup.data.datasets import load_dataset  # noqa: E402
 from selfsup.app.train import build_method, pick_device, resolve_config  # noqa: E402
 from selfsup.engine.batches import BatchSource, data_info  # noqa: E402
@@ -27,10 +28,11 @@ from selfsup.engine.loop import fit  # noqa: E402
 
 
 class FixedSource(BatchSource):
-    """The same pre-gathered batch at every step: no data work at all."""
+    """The same pre-gathered batch at every step: no data work at all. ``data`` is the data set the
+    batch came from, which the loop reads beside the batches (its online monitor, when one is on)."""
 
-    def __init__(self, batch, steps_per_epoch):
-        self.fixed, self.steps_per_epoch = batch, steps_per_epoch
+    def __init__(self, data, batch, steps_per_epoch):
+        self.data, self.fixed, self.steps_per_epoch = data, batch, steps_per_epoch
         self.rank, self.world, self.global_batch = 0, 1, len(batch["images"])
 
     def epoch(self, epoch, start=0):
@@ -47,7 +49,7 @@ def measure(backbone: str, data, steps: int, batch_size: int, device, amp: bool,
     if bound:
         views = [v.to(device) for v in method.views(data.images[:batch_size])]
         method.views = lambda images: views
-        source = FixedSource({"images": data.images[:batch_size]}, source.steps_per_epoch)
+        source = FixedSource(data, {"images": data.images[:batch_size]}, source.steps_per_epoch)
     cfg.epochs = (steps + 1) / source.steps_per_epoch  # 1 warm-up step, then `steps` timed steps
     return fit(method, source, cfg, None, device, progress=False).images_per_s
 
@@ -58,10 +60,15 @@ def main():
     ap.add_argument("--steps", type=int, default=30, help="timed steps for the quarter-width net (resnet18 gets a fifth)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 steps of batch 32 of resnet18_quarter on tiny shapes, into --out or a temp folder")
+    ap.add_argument("--out", default=None, help="--smoke only: where its BENCHMARKS.md goes")
     args = ap.parse_args()
+    if args.smoke:
+        smoke_dir(args.out)
+        args.steps, args.batch_size, args.backbones = 2, 32, "resnet18_quarter"
     device = pick_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
-    data = load_dataset("fashion-mnist").train
+    data = load_dataset(SMOKE_DATA if args.smoke else "fashion-mnist").train
     amp = device.type == "cuda"
     rows = []
     for name in args.backbones.split(","):

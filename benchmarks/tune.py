@@ -8,6 +8,7 @@ on the same split. Rows accumulate in benchmarks/results/tune-METHOD-DATA.json a
 rewritten into BENCHMARKS.md (section tune-METHOD-DATA).
 
     python benchmarks/tune.py jigsaw --data fashion-mnist --minutes 3 --trial "" --trial "lr=0.001"
+    python benchmarks/tune.py --smoke [METHOD] [--out DIR]   # the smoke budget on tiny shapes (rotation), in seconds
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import selfsup  # noqa: E402
-from record import record  # noqa: E402
+from record import SMOKE_DATA, record, smoke_dir  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 
 
@@ -43,21 +44,31 @@ def probe(**kw) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("method")
+    ap.add_argument("method", nargs="?", help="the method to tune (required, but for --smoke: default rotation)")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--budget", default="cpu", help="named budget: its backbone and minutes (--minutes overrides)")
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--trial", action="append", default=[], help="comma-separated key=value settings ('' = defaults)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/tuning")
+    ap.add_argument("--out", default=None, help="default runs/tuning (--smoke: a temp folder)")
     ap.add_argument("--table-only", action="store_true", help="rewrite the BENCHMARKS.md table from the results file")
+    ap.add_argument("--smoke", action="store_true", help="seconds: the smoke budget on tiny shapes; results and "
+                                                         "BENCHMARKS.md in --out")
     args = ap.parse_args()
+    results_root = HERE / "results"
+    if args.smoke:
+        args.out, args.data, args.budget = smoke_dir(args.out), SMOKE_DATA, "smoke"
+        args.method = args.method or "rotation"
+        results_root = args.out / "results"
+    if not args.method:
+        ap.error("the following arguments are required: method")
+    args.out = args.out or "runs/tuning"
     budget = get_budget(args.budget)
     minutes = args.minutes or budget.minutes
     backbone = args.backbone or budget.backbone
     slug = f"{args.method}-{args.data.split(':')[0]}"
-    results = HERE / "results" / f"tune-{slug}.json"
+    results = results_root / f"tune-{slug}.json"
     state = json.loads(results.read_text()) if results.exists() else {"baselines": {}, "rows": []}
     data = selfsup.load_dataset(args.data)
 
@@ -65,7 +76,7 @@ def main():
         results.parent.mkdir(exist_ok=True)
         results.write_text(json.dumps(state, indent=1) + "\n")
 
-    shared_path = HERE / "results" / f"tune-baselines-{args.data.split(':')[0]}-seed{args.seed}.json"
+    shared_path = results_root / f"tune-baselines-{args.data.split(':')[0]}-seed{args.seed}.json"
     shared = json.loads(shared_path.read_text()) if shared_path.exists() else {}
     for kind in ("pixels", f"random:{backbone}"):
         if kind not in state["baselines"]:
