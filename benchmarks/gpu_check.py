@@ -256,15 +256,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="the same code path on the CPU in seconds: tiny nets, tiny data")
     ap.add_argument("--method-seconds", type=float, default=20.0, help="training seconds per method row (default 20)")
     ap.add_argument("--dino-seconds", type=float, default=120.0, help="DINO's training seconds before the attention figure")
     ap.add_argument("--methods", default=None, help="comma-separated (default: every method in selfsup.METHODS)")
     ap.add_argument("--out", default=None, help="folder for the run folders (default: a temporary folder)")
     ap.add_argument("--record", action="store_true", help="write the table into BENCHMARKS.md (section gpu-check)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.record and args.dry_run:
         print("gpu_check: error: a dry run is not recorded (drop --record)", file=sys.stderr)
