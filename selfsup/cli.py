@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="labelled dataset (default: the run's training data)")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--label-fraction", type=float, default=1.0, help="stratified fraction of train labels used, in (0, 1]")
-    e.add_argument("--k", type=int, default=200, help="kNN neighbours")
+    e.add_argument("--k", type=int, default=None,
+                   help="kNN neighbours (default: chosen from 5..200 on a held-out sixth of the labelled bank)")
     e.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
     e.add_argument("--layer", type=_layer, default=None,
                    help="features from this stage/block (1-based) instead of the last, or auto: the best by kNN "

@@ -52,6 +52,8 @@ def validate(cfg: TrainConfig) -> None:
     for name, ok in checks:
         if not ok:
             raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every', 'accumulate') else 'non-negative'}, got {getattr(cfg, name)}")
+    if not 0 <= cfg.warmup_max <= 1:
+        raise SelfSupError(f"--set warmup_max={cfg.warmup_max}: must be in [0, 1] (a share of the run)")
     if not 0 <= cfg.beta2 < 1:
         raise SelfSupError(f"--set beta2={cfg.beta2}: must be in [0, 1)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
@@ -383,7 +385,8 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
                 if cfg.time_limit:   # every process takes the same (the slowest) clock: same lr, same stop
                     prog = max(prog, _agree(elapsed_before + now - t0, world, device) / (cfg.time_limit * 60))
                 for g in optimizer.param_groups:
-                    g["lr"] = warmup_cosine(step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio) * g.get("lr_scale", 1.0)
+                    g["lr"] = warmup_cosine(step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio,
+                                            cfg.warmup_max) * g.get("lr_scale", 1.0)
                 method.progress = min(prog, 1.0)   # schedules of the method (EMA momentum, temperatures) read it
                 torch.manual_seed(_step_seed(cfg.seed, step, rank))
                 optimizer.zero_grad(set_to_none=True)

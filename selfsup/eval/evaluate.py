@@ -8,6 +8,7 @@ split feed the kNN and linear probes.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..engine.checkpoint import load_checkpoint, read_backbone
 from ..errors import SelfSupError
 from ..methods import get_method
 from . import features as feat
-from .knn import knn_accuracy
+from .knn import choose_k, knn_accuracy
 from .linear import linear_probe
 
 PROTOCOLS = ("knn", "linear")
@@ -84,7 +85,7 @@ def eval_splits(data: DatasetSplits, seed: int = 0, on: str = "test") -> tuple:
 
 def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, data: str | DatasetSplits | None = None,
              baseline: str | None = None, backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0,
-             k: int = 200, temperature: float = 0.1, layer: int | None = None, pool: str | None = None,
+             k: int | None = None, temperature: float = 0.1, layer: int | None = None, pool: str | None = None,
              device: str = "auto", data_dir: str | None = None, download: bool = False, out: str | Path | None = None,
              batch_size: int = 512, on: str = "test") -> dict:
     """Evaluate a run's backbone (``checkpoint``) or a ``baseline`` ("random" | "pixels") with each protocol.
@@ -102,7 +103,7 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         raise SelfSupError(f"--baseline {baseline}: expected random or pixels")
     if layer is not None and layer != "auto" and (not isinstance(layer, int) or layer < 1):
         raise SelfSupError(f"--layer {layer}: expected a stage number (1, 2, ...) or auto")
-    if k <= 0 or temperature <= 0:
+    if (k is not None and k <= 0) or temperature <= 0:
         raise SelfSupError(f"--k and --temperature must be positive, got {k}, {temperature}")
     if checkpoint is not None and not Path(checkpoint).exists():
         raise SelfSupError(f"--checkpoint {checkpoint}: no such run folder")
@@ -112,6 +113,7 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         raise SelfSupError("--data is needed (the run folder does not name its dataset)")
     dataset = data if isinstance(data, DatasetSplits) else load_dataset(data, data_dir=data_dir or run_cfg.get("data_dir") or None,
                                                                       download=download)
+    spec = data if isinstance(data, str) else dataset.name   # the name with its options, as the user gave it
     train, test = eval_splits(dataset, seed, on)
     bank = label_subset(train, label_fraction, seed)
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -137,10 +139,10 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     if layer == "auto":
         if baseline == "pixels":
             raise SelfSupError("--layer auto: raw pixels have no layers")
-        layer, pool, selection = select_layer(encoder, bank, k, temperature, seed, batch_size, dev)
+        layer, pool, selection = select_layer(encoder, bank, k or LAYER_K, temperature, seed, batch_size, dev)
     bank_x, test_x = fx(bank.images), fx(test.images)
     feat_s = time.time() - t0
-    common = {"data": dataset.name, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
+    common = {"data": spec, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
               "n_test": len(test), "feature_dim": bank_x.shape[1], "layer": layer, "pool": pool, **subject}
     if selection is not None:
         common["layer_selection"] = selection
@@ -149,9 +151,14 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     for p in protocols:
         t1 = time.time()
         if p == "knn":
-            acc = knn_accuracy(bank_x, bank.labels, test_x, test.labels, k=k, temperature=temperature,
+            chosen, k_search = (k, None) if k is not None else \
+                choose_k(bank_x, bank.labels, temperature, train.num_classes, seed)
+            acc = knn_accuracy(bank_x, bank.labels, test_x, test.labels, k=chosen, temperature=temperature,
                                num_classes=train.num_classes)
-            res = {"protocol": "knn", "accuracy": acc, "k": k, "temperature": temperature, "similarity": "cosine"}
+            res = {"protocol": "knn", "accuracy": acc, "k": min(chosen, len(bank)), "temperature": temperature,
+                   "similarity": "cosine"}
+            if k_search is not None:
+                res["k_search"] = k_search   # validation accuracy of each candidate k (a held-out sixth of the bank)
         else:
             lin = linear_probe(bank_x, bank.labels, test_x, test.labels, num_classes=train.num_classes, seed=seed)
             res = {"protocol": "linear", **lin, "standardised": True, "solver": "L-BFGS logistic regression"}
@@ -159,10 +166,11 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         res["seconds"] = round(feat_s + time.time() - t1, 2)
         res["provenance"] = prov
         results[p] = res
-    _write(results, out, checkpoint, label_fraction, layer)
+    _write(results, out, checkpoint, label_fraction, layer, foreign_data(run_cfg, spec))
     return results
 
 
+LAYER_K = 20        # the kNN k that scores candidate stages when --k is not given (DINO's)
 SELECT_N = 10_000   # labelled images the stage selection looks at, at most (a stratified subset)
 
 
@@ -185,7 +193,25 @@ def select_layer(encoder, bank, k: int, temperature: float, seed: int, batch_siz
     return (*best, {f"{c[0] or 'final'}/{c[1] or 'default'}": round(v, 4) for c, v in scores.items()})
 
 
-def _write(results: dict, out, checkpoint, label_fraction: float, layer) -> None:
+def foreign_data(run_cfg: dict, name: str) -> str:
+    """"" when ``name`` is the data the run trained on (or the run is unknown), else a file-name tag
+    ``@name`` that keeps results on other data beside, never over, the run's own."""
+    own = run_cfg.get("data")
+    if not own or own == name or own.startswith("<"):
+        return ""
+    return "@" + re.sub(r"[^A-Za-z0-9._=,-]+", "_", name.replace(":", "-")).strip("_")[:80]
+
+
+def result_path(folder: Path, protocol: str, label_fraction: float = 1.0, split: str = "test", layer=None,
+                tag: str = "") -> Path:
+    """RUN/eval/PROTOCOL[_FRACTION][_layerN][_val][@DATA].json: one file per protocol, labels, stage,
+    split and dataset, so that no evaluation replaces another's result."""
+    suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("" if layer is None else f"_layer{layer}")
+    suffix += "_val" if split == "val" else ""
+    return Path(folder) / f"{protocol}{suffix}{tag}.json"
+
+
+def _write(results: dict, out, checkpoint, label_fraction: float, layer, tag: str = "") -> None:
     if out is None and checkpoint is None:
         return
     for p, res in results.items():
@@ -193,9 +219,7 @@ def _write(results: dict, out, checkpoint, label_fraction: float, layer) -> None
             path = Path(out)
         else:
             folder = Path(out) if out is not None else Path(checkpoint) / "eval"
-            suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("" if layer is None else f"_layer{layer}")
-            suffix += "_val" if results[p]["split"] == "val" else ""
-            path = folder / f"{p}{suffix}.json"
+            path = result_path(folder, p, label_fraction, res["split"], layer, tag)
         path.parent.mkdir(parents=True, exist_ok=True)
         rundir.write_json(path, res)
         res["written_to"] = str(path)

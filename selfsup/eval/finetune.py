@@ -17,7 +17,7 @@ from pathlib import Path
 from ..data.datasets import DatasetSplits, ImageSet, label_subset, load_dataset, stratified_split
 from ..engine import rundir
 from ..errors import SelfSupError
-from .evaluate import eval_splits, load_backbone, rundir_json
+from .evaluate import eval_splits, foreign_data, load_backbone, result_path, rundir_json
 
 
 def _train_and_score(labelled: ImageSet, scored: ImageSet, settings: dict, run_dir: Path | None) -> tuple[float, object]:
@@ -49,6 +49,7 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         raise SelfSupError("--data is needed (the run folder does not name its dataset)")
     dataset = data if isinstance(data, DatasetSplits) else load_dataset(
         data, data_dir=data_dir or run_cfg.get("data_dir") or None, download=download)
+    spec = data if isinstance(data, str) else dataset.name   # the name with its options, as the user gave it
     train_split, test = eval_splits(dataset, seed, on)
     labelled = label_subset(train_split, label_fraction, seed)
     if checkpoint is not None:
@@ -88,7 +89,7 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         folder = Path(out)
     acc, res = _train_and_score(labelled, test, {**common, "lr": best}, None)
     result = {"protocol": "finetune", "accuracy": acc, "lr": best, "lr_search": search, **subject, "backbone": name,
-              "data": dataset.name, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(labelled),
+              "data": spec, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(labelled),
               "n_test": len(test), "steps": res.steps, "epochs": round(res.steps * res.config.batch_size / len(labelled), 2),
               "batch_size": res.config.batch_size, "settings": {k: v for k, v in common.items() if k != "init"},
               "seconds": round(time.time() - t0, 1)}
@@ -96,8 +97,8 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
     if out is not None:
         path = Path(out) if folder is None else folder / "finetune.json"
     elif checkpoint is not None and Path(checkpoint).is_dir():
-        suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("_val" if on == "val" else "")
-        path = Path(checkpoint) / "eval" / f"finetune{suffix}.json"
+        path = result_path(Path(checkpoint) / "eval", "finetune", label_fraction, on,
+                           tag=foreign_data(run_cfg, spec))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         rundir.write_json(path, result)
