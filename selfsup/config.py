@@ -20,6 +20,7 @@ class TrainConfig:
     download: bool = False                  # allow downloading the dataset
     backbone: str = "resnet18_quarter"
     epochs: float = 10.0                    # may be fractional
+    steps: int = 0                          # optimiser steps; 0 = from epochs (when given, it replaces epochs)
     batch_size: int = 256                   # per process and micro-batch
     accumulate: int = 1                     # micro-batches per optimiser step (gradient accumulation)
     optimizer: str = "adamw"                # adamw | sgd | lars

@@ -45,7 +45,7 @@ def resolve_config(method: str, overrides: dict | None = None) -> tuple[TrainCon
 def validate(cfg: TrainConfig) -> None:
     checks = [("batch_size", cfg.batch_size > 0), ("epochs", cfg.epochs > 0), ("lr", cfg.lr > 0),
               ("weight_decay", cfg.weight_decay >= 0), ("warmup_epochs", cfg.warmup_epochs >= 0),
-              ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0),
+              ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0), ("steps", cfg.steps >= 0),
               ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0),
               ("accumulate", cfg.accumulate > 0), ("skip_nonfinite", cfg.skip_nonfinite >= 0),
               ("monitor_every", cfg.monitor_every >= 0)]
@@ -323,7 +323,7 @@ def fit(method: Method, source: BatchSource, cfg: TrainConfig, run_dir: Path | N
         model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.beta2)
     spe = source.steps_per_epoch
-    total = max(1, math.ceil(cfg.epochs * spe))
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * spe))
     warmup_steps = round(cfg.warmup_epochs * spe)
     step, elapsed_before = 0, 0.0
     if resume_state is not None:
