@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="labelled dataset (default: the run's training data)")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--label-fraction", type=float, default=1.0, help="stratified fraction of train labels used, in (0, 1]")
-    e.add_argument("--k", type=int, default=200, help="kNN neighbours")
+    e.add_argument("--k", type=int, default=None,
+                   help="kNN neighbours (default: chosen from 5..200 on a held-out sixth of the labelled bank)")
     e.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
     e.add_argument("--layer", type=_layer, default=None,
                    help="features from this stage/block (1-based) instead of the last, or auto: the best by kNN "
@@ -100,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/eval/PROTOCOL.json)")
     e.add_argument("--lrs", default=None, help="finetune: comma-separated learning rates, chosen on a held-out sixth "
-                                               "of the labelled images (default: one, the supervised method's)")
-    e.add_argument("--epochs", type=float, default=None, help="finetune: epochs over the labelled images")
+                                               "of the labelled images and extended once past an edge "
+                                               "(default: 3e-4,1e-3,3e-3,1e-2)")
+    e.add_argument("--steps", type=int, default=None,
+                   help="finetune: optimiser steps per training run (default: 10 epochs over the labelled images, "
+                        "at least 1000 steps)")
+    e.add_argument("--epochs", type=float, default=None, help="finetune: epochs over the labelled images (instead of --steps)")
     e.add_argument("--time-limit", type=float, default=0.0, help="finetune: minutes per training run")
     e.add_argument("--batch-size", type=int, default=None, help="finetune: batch size (default 128)")
     e.add_argument("--classes", default=None, help="zeroshot: comma-separated class names (default: the dataset's)")
@@ -232,7 +237,7 @@ def _eval(args) -> int:
             raise SelfSupError(f"{opt} applies to eval zeroshot only")
     if args.baseline == "supervised":
         raise SelfSupError("--baseline supervised is fine-tuning's from-scratch arm: use it with eval finetune")
-    for opt, given in (("--lrs", args.lrs), ("--epochs", args.epochs), ("--time-limit", args.time_limit),
+    for opt, given in (("--lrs", args.lrs), ("--steps", args.steps), ("--epochs", args.epochs), ("--time-limit", args.time_limit),
                        ("--batch-size", args.batch_size), ("--set", args.set)):
         if given:
             raise SelfSupError(f"{opt} applies to eval finetune only")
@@ -291,7 +296,7 @@ def _finetune(args) -> int:
         except ValueError:
             raise SelfSupError(f"--lrs {args.lrs}: expected comma-separated numbers") from None
     res = finetune(checkpoint=args.checkpoint, data=args.data, baseline=args.baseline, backbone=args.backbone,
-                   label_fraction=args.label_fraction, seed=args.seed, lrs=lrs, epochs=args.epochs,
+                   label_fraction=args.label_fraction, seed=args.seed, lrs=lrs, steps=args.steps, epochs=args.epochs,
                    time_limit=args.time_limit, batch_size=args.batch_size, on=args.on, device=args.device,
                    data_dir=args.data_dir, out=args.out, **settings)
     who = res.get("checkpoint") or "supervised from scratch"

@@ -20,6 +20,7 @@ class TrainConfig:
     download: bool = False                  # allow downloading the dataset
     backbone: str = "resnet18_quarter"
     epochs: float = 10.0                    # may be fractional
+    steps: int = 0                          # optimiser steps; 0 = from epochs (when given, it replaces epochs)
     batch_size: int = 256                   # per process and micro-batch
     accumulate: int = 1                     # micro-batches per optimiser step (gradient accumulation)
     optimizer: str = "adamw"                # adamw | sgd | lars
@@ -28,6 +29,7 @@ class TrainConfig:
     momentum: float = 0.9                   # sgd / lars
     beta2: float = 0.999                    # adamw's second-moment decay (MAE: 0.95)
     warmup_epochs: float = 1.0
+    warmup_max: float = 0.1                 # the warm-up ends by this share of the run at the latest (0 = no cap)
     min_lr_ratio: float = 0.0               # cosine floor, as a fraction of lr
     grad_clip: float = 0.0                  # max gradient norm; 0 = off
     skip_nonfinite: int = 0                 # steps with a NaN/inf loss to skip before stopping; 0 = stop at the first

@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from selfsup.app import bench as bench_mod
 from selfsup.cli import main
@@ -45,6 +46,10 @@ def test_smoke_bench_runs_every_registered_method(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "b" / "bench.csv")))
     assert len(rows) == len(summary["rows"])
     assert (tmp_path / "b" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    plot = Image.open(tmp_path / "b" / "label_efficiency.png")
+    assert plot.size[0] >= 600 and plot.size[1] >= 400   # accuracy against label fraction, one line per subject
+    assert "Subsampled" in md and "budget `smoke`" in md
     text = record.read_text()
     assert text.startswith("# Benchmarks\n\nkept text") and "<!-- bench:bench-smoke-shapes -->" in text
     assert "selfsup bench --data" in text
@@ -123,3 +128,25 @@ def test_bad_bench_options_are_one_line_errors(argv, message, tmp_path, capsys):
     assert main(["bench", "--data", DATA, "--out", str(tmp_path / "b"), "--no-record", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("selfsup: error: ") and message in err and "\n" not in err
+
+
+def test_the_smoke_budget_subsamples_stratified_and_the_chart_lists_skipped_subjects(tmp_path):
+    import dataclasses
+
+    from selfsup.budgets import get_budget
+    from selfsup.data.datasets import load_dataset
+    data = load_dataset(DATA)
+    small = bench_mod.subsample(data, dataclasses.replace(get_budget("smoke"), subsample=100, test_subsample=30))
+    assert len(small.train) == 100 and len(small.test) == 30
+    counts = torch.bincount(small.train.labels, minlength=data.train.num_classes)
+    assert counts.min() >= 9 and counts.max() <= 11          # stratified: ten per class
+    table = [{"subject": "rotation", "backbone": "r", "seeds": 1, "status": "ok", "knn": 0.8, "linear": 0.85,
+              "ft_1pct": 0.5, "ft_10pct": 0.7, "ft_100pct": 0.9},
+             {"subject": "supervised", "backbone": "r", "seeds": 1, "status": "ok", "ft_1pct": 0.4, "ft_10pct": 0.6,
+              "ft_100pct": 0.92},
+             {"subject": "clip", "backbone": "r", "seeds": 1, "status": "skipped"}]
+    drawn, left = bench_mod._drawn(table)
+    assert [t["subject"] for t in drawn] == ["rotation", "supervised"] and left == ["clip (skipped)"]
+    bench_mod.bar_chart(table, tmp_path / "c.png", "t")
+    bench_mod.efficiency_plot(table, tmp_path / "e.png", "t")
+    assert (tmp_path / "c.png").stat().st_size > 5000 and (tmp_path / "e.png").stat().st_size > 5000

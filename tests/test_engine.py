@@ -212,3 +212,18 @@ def test_run_folders_of_the_previous_format_still_load(tmp_path):
     save_checkpoint(state, run / "checkpoint.pt")
     legacy = selfsup.load_backbone(run)                                # from config.json, as before
     assert torch.allclose(legacy(x), want) and legacy.meta["method"] == "simclr"
+
+
+
+def test_a_warmup_longer_than_the_run_is_cut_to_a_tenth_and_the_rate_ends_near_zero(tmp_path, images):
+    """warmup_epochs=10 in a 5-epoch run of 20 steps: the logged rate (the one each step used) peaks
+    within the first 10% of the run, not at its end, and is near zero at the last step."""
+    res = selfsup.train("simclr", data=images, epochs=5, batch_size=16, lr=1e-2, warmup_epochs=10, progress=False,
+                        log_every=1, out=tmp_path / "run")
+    assert res.steps == 20
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert len(lrs) == 20
+    peak = max(range(20), key=lambda i: lrs[i])
+    assert peak <= 2 and lrs[peak] > 0.95e-2
+    assert lrs[-1] < 0.01 * 1e-2

@@ -156,3 +156,65 @@ def test_one_pass_extraction_matches_stage_by_stage_extraction(name):
     assert len(many) == (4 if name.startswith("resnet") else 6)
     for (layer, pool), f in many.items():
         assert torch.allclose(f, extract(enc, images, batch_size=4, layer=layer, pool=pool), atol=1e-5), (layer, pool)
+
+
+def test_one_topk_search_gives_every_k_the_naive_vote():
+    from selfsup.eval.knn import knn_predict_many
+    g = torch.Generator().manual_seed(3)
+    bank, q = torch.randn(50, 6, generator=g, dtype=torch.float64), torch.randn(9, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (50,), generator=g)
+    many = knn_predict_many(bank, labels, q, [1, 5, 20], 0.1, 3, chunk=4)
+    for k in (1, 5, 20):
+        assert torch.equal(many[k], naive_knn(bank, labels, q, k, 0.1, 3))
+
+
+def _small_bank_where_k200_is_wrong():
+    """Class 0: 300 points spread around one direction; class 1: 30 points in a tight cluster whose
+    queries see the class-0 points at cosine ~0.85 and their own at ~0.99. With k=200 the 170 class-0
+    neighbours outvote the 30 class-1 ones (170 e^8.5 > 30 e^9.9); with k <= 30 class 1 wins."""
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    e0, e1 = torch.zeros(d), torch.zeros(d)
+    e0[0], e1[1] = 1.0, 1.0
+    spread = torch.randn(300, d, generator=g)
+    spread[:, :2] = 0
+    class0 = 0.85 * e1 + 0.45 * e0 + 0.27 * torch.nn.functional.normalize(spread, dim=1)
+    class1 = e1 + 0.05 * torch.randn(36, d, generator=g)
+    x = torch.cat([class0, class1[:30]])
+    y = torch.cat([torch.zeros(300, dtype=torch.long), torch.ones(30, dtype=torch.long)])
+    return x, y, class1[30:]
+
+
+def test_k_is_chosen_on_a_held_out_sixth_of_the_bank_and_k200_is_not_taken_when_wrong():
+    from selfsup.eval.knn import choose_k, knn_accuracy
+    x, y, queries1 = _small_bank_where_k200_is_wrong()
+    ones = torch.ones(len(queries1), dtype=torch.long)
+    assert knn_accuracy(x, y, queries1, ones, k=200) < 0.5        # the fixed default misses class 1 entirely
+    assert knn_accuracy(x, y, queries1, ones, k=10) == 1.0
+    k, scores = choose_k(x, y, temperature=0.1, seed=0)
+    assert k <= 20 and set(scores) == {"5", "10", "20", "50", "100", "200"}
+    assert scores[str(k)] > scores["200"]
+
+
+def test_evaluate_records_the_chosen_k_and_every_candidate(tmp_path):
+    res = evaluate("knn", baseline="pixels", data=_toy_splits(), out=tmp_path)["knn"]
+    assert res["k"] == int(max(res["k_search"], key=lambda c: (res["k_search"][c], -int(c))))
+    assert all(int(c) <= 125 * 5 // 6 + 1 for c in res["k_search"])   # no k larger than the voting five sixths
+    fixed = evaluate("knn", baseline="pixels", data=_toy_splits(), k=7)["knn"]
+    assert fixed["k"] == 7 and "k_search" not in fixed
+
+
+def test_results_on_other_data_are_kept_beside_the_runs_own(tmp_path):
+    import json
+
+    import selfsup
+    own, other = "shapes:n=64,n_test=32,size=16", "shapes:n=48,n_test=24,size=16,seed=5"
+    run = tmp_path / "run"
+    selfsup.train("rotation", data=own, out=run, epochs=1, batch_size=16, progress=False)
+    a = evaluate("knn", checkpoint=run, k=5)["knn"]
+    b = evaluate("knn", checkpoint=run, data=other, k=5)["knn"]
+    assert a["written_to"] != b["written_to"]
+    files = sorted(p.name for p in (run / "eval").glob("*.json"))
+    assert files == ["knn.json", "knn@shapes-n=48,n_test=24,size=16,seed=5.json"]
+    assert json.loads((run / "eval" / "knn.json").read_text())["data"] == own
+    assert json.loads((run / "eval" / files[1]).read_text())["data"] == other

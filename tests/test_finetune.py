@@ -104,11 +104,12 @@ def test_bad_settings_are_one_line_errors():
 @pytest.mark.slow
 def test_finetune_searches_lrs_on_held_out_labels_then_scores_test(pretrained, tmp_path):
     res = selfsup.finetune(checkpoint=pretrained / "simclr", lrs=[1e-3, 3e-3], epochs=1, out=tmp_path / "ft.json")
-    assert set(res["lr_search"]) == {"0.001", "0.003"} and res["lr"] in (1e-3, 3e-3)
+    # with two rates the winner is always at an edge: the grid extends once past it (0.0003 or 0.009)
+    assert res["lr_extended"] in (3e-4, 9e-3) and set(res["lr_search"]) == {"0.001", "0.003", f"{res['lr_extended']:g}"}
     assert res["lr_search"][f"{res['lr']:g}"] == max(res["lr_search"].values())
     assert 0 <= res["accuracy"] <= 1 and res["n_test"] == 48 and res["n_train"] == 96
     assert json.loads((tmp_path / "ft.json").read_text())["accuracy"] == res["accuracy"]
-    base = selfsup.finetune(baseline="supervised", data=DATA, label_fraction=0.5, epochs=1)
+    base = selfsup.finetune(baseline="supervised", data=DATA, label_fraction=0.5, epochs=1, lrs=[2e-3])
     assert base["baseline"] == "supervised" and abs(base["n_train"] - 48) <= 3 and base["lr_search"] == {}  # rounded per class
     with pytest.raises(SelfSupError, match="either"):
         selfsup.finetune(data=DATA)
@@ -126,3 +127,31 @@ def test_cli_finetune_and_its_errors(pretrained, capsys):
     assert cli_main(["eval", "knn", "--baseline", "supervised", "--data", DATA]) == 2
     assert cli_main(["eval", "knn", "--baseline", "pixels", "--data", DATA, "--lrs", "0.1"]) == 2
     assert "finetune only" in capsys.readouterr().err
+
+
+def test_the_lr_search_extends_once_past_the_edge_it_won_at():
+    from selfsup.eval.finetune import search_lr
+    calls = []
+
+    def rising(lr):          # accuracy keeps rising with the rate: the top edge wins, the grid extends up once
+        calls.append(lr)
+        return min(lr * 10, 0.9)
+    best, scores, extended = search_lr([1e-3, 3e-3, 1e-2, 3e-2], rising)
+    assert extended == pytest.approx(9e-2) and calls[-1] == pytest.approx(9e-2) and len(calls) == 5
+    assert best == pytest.approx(9e-2) or scores[f"{extended:g}"] <= scores["0.03"]
+    best, scores, extended = search_lr([1e-3, 3e-3, 1e-2, 3e-2], lambda lr: -lr)   # bottom edge: extends down once
+    assert extended == pytest.approx(1e-3 / 3, rel=1e-2) and best == extended and len(scores) == 5
+    best, scores, extended = search_lr([1e-3, 3e-3, 1e-2, 3e-2], lambda lr: -abs(math.log(lr / 3e-3)))   # inside
+    assert best == 3e-3 and extended is None and len(scores) == 4
+    best, _, extended = search_lr([1e-3, 3e-3], lambda lr: lr, extend=False)
+    assert best == 3e-3 and extended is None
+
+
+def test_a_run_too_short_to_converge_is_flagged(pretrained):
+    from selfsup.eval.finetune import default_steps, too_short
+    assert too_short(40, 0.3) and "epochs" in too_short(40, 0.3)
+    assert too_short(50, 20.0) and "steps" in too_short(50, 20.0)
+    assert too_short(4690, 10.0) is None
+    assert default_steps(600, 128) == 1000 and default_steps(60000, 128) == 4688   # a floor for small fractions
+    res = selfsup.finetune(baseline="supervised", data=DATA, lrs=[2e-3], steps=6)
+    assert res["steps"] == 6 and res["short"]

@@ -53,3 +53,24 @@ def test_warmup_then_cosine():
     assert warmup_cosine(50, 10, 0.5, 1.0, final=0.2) == pytest.approx(0.6)
     assert warmup_cosine(100, 10, 1.0, 1.0) == pytest.approx(0.0)
     assert cosine_to_one(0.0, 0.99) == pytest.approx(0.99) and cosine_to_one(1.0, 0.99) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("budget", ["steps", "time"])
+def test_warmup_ends_by_a_tenth_of_the_run_and_the_rate_decays_to_zero(budget):
+    """A warm-up of 1,000 steps (say one epoch) in a run of 300: under either kind of budget the
+    rate peaks by 10% of the run and is near zero at its end."""
+    total, warmup_steps = 300, 1000
+    lrs = []
+    for step in range(total):
+        # a wall-clock budget: progress is elapsed time / limit, here a run whose steps slow down
+        progress = step / total if budget == "steps" else ((step + 1) / total) ** 0.8
+        lrs.append(warmup_cosine(step, warmup_steps, progress, 1.0))
+    peak = max(range(total), key=lambda i: lrs[i])
+    assert peak <= 0.1 * total
+    assert lrs[peak] > 0.95
+    assert lrs[-1] < 0.01
+    assert all(a <= b + 1e-12 for a, b in zip(lrs[:peak], lrs[1:peak + 1]))   # a ramp up to the peak
+
+
+def test_warmup_cap_off_keeps_the_epoch_warmup():
+    assert warmup_cosine(99, 1000, 0.5, 1.0, warmup_max=0) == pytest.approx(0.1 * 0.5)

@@ -143,9 +143,9 @@ def _probe(kw: dict, data: DatasetSplits, seed: int, fraction: float) -> dict:
     return {f"{p}{key}": res[p]["accuracy"] for p in protocols} | {f"layer{key}": res[protocols[0]]["layer"]}
 
 
-def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: dict) -> None:
+def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: dict, fractions=FT_FRACTIONS) -> None:
     from .evaluate import eval_splits
-    from .finetune import finetune
+    from .finetune import default_steps, finetune
     train_split, _ = eval_splits(data, seed)
     if "checkpoint" in kw:
         from ..runs import load_backbone
@@ -154,23 +154,49 @@ def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: di
             row.setdefault("notes", []).append(f"fine-tuning: {row['subject']}'s backbone sees {space}, which the "
                                                "supervised fine-tuning does not feed yet")
             return
-    for fraction in FT_FRACTIONS:
+    for fraction in fractions:
         col = f"ft_{_pct(fraction)}"
-        if len(label_subset(train_split, fraction, seed)) < MIN_FINETUNE:
+        n = len(label_subset(train_split, fraction, seed))
+        if n < MIN_FINETUNE:
             row.setdefault("notes", []).append(f"{col}: fewer than {MIN_FINETUNE} labelled images")
             continue
-        timing = {"time_limit": budget.ft_minutes} if budget.ft_minutes else {"epochs": budget.ft_epochs}
+        if budget.ft_minutes:
+            timing = {"time_limit": budget.ft_minutes}
+        else:
+            timing = {"steps": default_steps(n, min(128, max(8, n * 5 // 6 // 2)), budget.ft_epochs, budget.ft_min_steps)}
         res = finetune(data=data, label_fraction=fraction, seed=seed, lrs=list(budget.ft_lrs), **timing, **kw)
         row[col] = res["accuracy"]
         row[f"{col}_lr"] = res["lr"]
+        row[f"{col}_steps"] = res["steps"]
+        if res.get("short"):
+            row[f"{col}_short"] = res["short"]
 
 
-def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget: Budget, out: Path) -> dict:
-    """Train (for a method) and evaluate one unit; never raises for the unit's own failures."""
+def subsample(data: DatasetSplits, budget: Budget, seed: int = 0) -> DatasetSplits:
+    """The budget's stratified subset of train (and test), or ``data`` itself."""
+    def cut(split, n):
+        if not n or split is None or len(split) <= n:
+            return split
+        if split.labels is None:
+            return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values)
+        return label_subset(split, n / len(split), seed)
+    if not budget.subsample and not budget.test_subsample:
+        return data
+    return dataclasses.replace(data, name=data.name, train=cut(data.train, budget.subsample),
+                               test=cut(data.test, budget.test_subsample))
+
+
+def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget: Budget, out: Path,
+             part: str = "") -> dict:
+    """Train (for a method) and evaluate one unit; never raises for the unit's own failures.
+    ``part="ft100"``: fine-tune the method's run (already trained) on 100% of the labels."""
     row = {"subject": subject, "backbone": backbone, "seed": seed, "status": "ok"}
     t0 = time.time()
     try:
-        if subject == "pixels":
+        if part == "ft100":
+            row["part"] = part
+            _finetunes({"checkpoint": out / "runs" / f"{subject}-seed{seed}"}, data, seed, budget, row, [1.0])
+        elif subject == "pixels":
             for f in PROBE_FRACTIONS:
                 row.update(_probe({"baseline": "pixels"}, data, seed, f))
         elif subject == "random":
@@ -179,7 +205,7 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
         elif subject == "supervised":
             _finetunes({"baseline": "supervised", "backbone": backbone}, data, seed, budget, row)
         else:
-            from .engine.train import train
+            from .train import train
             from ..methods import get_method
             cls = get_method(subject)
             why = (f"needs image-caption data; {data.name} has none" if cls.uses_captions and data.train.captions is None
@@ -195,7 +221,8 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
                        train_minutes=round((time.time() - t0) / 60, 2))
             for f in PROBE_FRACTIONS:
                 row.update(_probe({"checkpoint": run_dir}, data, seed, f))
-            _finetunes({"checkpoint": run_dir}, data, seed, budget, row)
+            _finetunes({"checkpoint": run_dir}, data, seed, budget, row,
+                       FT_FRACTIONS if budget.ft_full < 0 else [f for f in FT_FRACTIONS if f < 1.0])
     except Exception as e:  # noqa: BLE001 - one broken unit must not stop the others; its row says why
         message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         row["status"] = "non-finite" if "diverged" in message else "error"
@@ -224,7 +251,8 @@ def unit_key(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
 
 def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str = "smoke", seeds: int = 1,
           out: str | Path | None = None, data_dir: str | None = None, log=print) -> dict:
-    """Run (or reuse) every unit and write OUT/bench.{json,csv,md,png}; returns the summary dict."""
+    """Run (or reuse) every unit and write OUT/bench.{json,csv,md,png} and OUT/label_efficiency.png;
+    returns the summary dict."""
     if seeds < 1:
         raise SelfSupError(f"--seeds must be at least 1, got {seeds}")
     b = get_budget(budget)
@@ -232,35 +260,65 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
     splits = load_dataset(data, data_dir=data_dir)
     if splits.train.labels is None:
         raise SelfSupError(f"--data {data}: has no labels; the bench scores every method with labelled probes")
+    splits = subsample(splits, b)
     out = Path(out or f"runs/bench-{b.name}-{Path(data.split(':')[0]).name}")
     (out / "results").mkdir(parents=True, exist_ok=True)
     commit = clean_commit()
     rows = []
+
+    def unit(subject: str, backbone: str, seed: int, part: str = "") -> dict:
+        key = unit_key(subject, backbone, splits, seed, b) | ({"part": part} if part else {})
+        h = config_hash(key)
+        path = out / "results" / f"{subject}{'-' + backbone if backbone else ''}{'-' + part if part else ''}-seed{seed}.json"
+        if path.exists() and commit is not None:
+            old = json.loads(path.read_text())
+            if old.get("commit") == commit and old.get("config_hash") == h:
+                log(f"reused {path.name} ({old['status']})")
+                return old
+        row = run_unit(subject, backbone, splits, seed, b, out, part)
+        row.update(commit=commit or (rundir.git_commit() or "unknown") + "+dirty", config_hash=h)
+        rundir.write_json(path, row)
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k in COLUMNS}
+        log(f"{subject} {backbone}{' ' + part if part else ''} seed {seed}: {row['status']} "
+            f"{row.get('error', '')} {shown} ({row['minutes']:.1f} min)".replace("  ", " "))
+        return row
+
     for seed in range(seeds):
-        for subject, backbone in plan(names, b):
-            key = unit_key(subject, backbone, splits, seed, b)
-            h = config_hash(key)
-            path = out / "results" / f"{subject}{'-' + backbone if backbone else ''}-seed{seed}.json"
-            if path.exists() and commit is not None:
-                old = json.loads(path.read_text())
-                if old.get("commit") == commit and old.get("config_hash") == h:
-                    rows.append(old)
-                    log(f"reused {path.name} ({old['status']})")
-                    continue
-            row = run_unit(subject, backbone, splits, seed, b, out)
-            row.update(commit=commit or (rundir.git_commit() or "unknown") + "+dirty", config_hash=h)
-            rundir.write_json(path, row)
-            rows.append(row)
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k in COLUMNS}
-            log(f"{subject} {backbone} seed {seed}: {row['status']} {row.get('error', '')} {shown}".rstrip())
-    summary = {"data": splits.name, "budget": dataclasses.asdict(b), "seeds": seeds, "rows": rows,
+        seed_rows = [unit(subject, backbone, seed) for subject, backbone in plan(names, b)]
+        for subject, backbone in full_finetune_subjects(seed_rows, b):
+            extra = unit(subject, backbone, seed, "ft100")
+            row = next(r for r in seed_rows if r["subject"] == subject and r["backbone"] == backbone)
+            merge_part(row, extra)
+        rows += seed_rows
+    summary = {"data": splits.name, "data_spec": data, "budget": dataclasses.asdict(b), "seeds": seeds, "rows": rows,
                "table": aggregate(rows)}
     rundir.write_json(out / "bench.json", summary)
     write_csv(rows, out / "bench.csv")
     (out / "bench.md").write_text(markdown(summary) + "\n")
     bar_chart(summary["table"], out / "bench.png", f"{splits.name}, budget {b.name}")
+    efficiency_plot(summary["table"], out / "label_efficiency.png", f"{splits.name}, budget {b.name}")
     summary["out"] = str(out)
     return summary
+
+
+def full_finetune_subjects(rows: list[dict], budget: Budget) -> list[tuple[str, str]]:
+    """The self-supervised methods that also fine-tune on 100% of the labels: the best
+    ``budget.ft_full`` by linear probe (none when every method already did, ``ft_full`` < 0)."""
+    if budget.ft_full < 0:
+        return []
+    ssl = [r for r in rows if r["subject"] not in BASELINES and r["status"] == "ok" and isinstance(r.get("linear"), float)]
+    ssl.sort(key=lambda r: -r["linear"])
+    return [(r["subject"], r["backbone"]) for r in ssl[:budget.ft_full]]
+
+
+def merge_part(row: dict, part: dict) -> None:
+    """A ft100 unit's columns into its method's row (its failure too)."""
+    for k, v in part.items():
+        if k.startswith("ft_"):
+            row[k] = v
+    row.setdefault("notes", []).extend(part.get("notes", []))
+    if part["status"] != "ok":
+        row["status"], row["error"] = part["status"], f"ft100: {part.get('error', '')}"
 
 
 def failed(summary: dict) -> list[dict]:
@@ -282,6 +340,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
             if xs:
                 line[c] = statistics.mean(xs)
                 line[f"{c}_std"] = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            short = sorted({r[f"{c}_short"] for r in rs if r.get(f"{c}_short")})
+            if short:
+                line[f"{c}_short"] = "; ".join(short)
         table.append(line)
     return table
 
@@ -289,7 +350,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def _cell(line: dict, c: str) -> str:
     if c not in line:
         return "—"
-    return f"{line[c]:.4f}" + (f" ± {line[c + '_std']:.4f}" if line["seeds"] > 1 else "")
+    return (f"{line[c]:.4f}" + (f" ± {line[c + '_std']:.4f}" if line["seeds"] > 1 else "")
+            + (" (short)" if line.get(f"{c}_short") else ""))
 
 
 def label_efficiency(table: list[dict]) -> str:
@@ -316,12 +378,22 @@ def markdown(summary: dict) -> str:
         status = t["status"] + (f": {'; '.join(t['errors'])}" if t["errors"] else "")
         lines.append(f"| {t['subject']} | {t['backbone'] or '—'} | " + " | ".join(_cell(t, c) for c in COLUMNS) + f" | {status} |")
     notes = sorted({n for r in summary["rows"] for n in r.get("notes", [])})
+    short = sorted({f"{t['subject']} {c}: {t[c + '_short']}" for t in summary["table"] for c in COLUMNS
+                    if t.get(f"{c}_short")})
+    if short:
+        notes.append("(short) marks a fine-tuning run too short to converge: " + "; ".join(short))
+    sub = (f" **Subsampled**: {b['subsample']} training and {b['test_subsample'] or 'all'} test images (stratified), "
+           "so the figures say whether everything runs, not how well." if b.get("subsample") else "")
+    full = ("" if b.get("ft_full", -1) < 0 else
+            f" Fine-tuning on 100% of the labels: supervised and the best {b['ft_full']} method(s) by linear probe.")
+    budget_ft = (f"{b['ft_minutes']:g} minutes" if b["ft_minutes"] else
+                 f"{b['ft_epochs']:g} epochs over the labelled images (at least {b['ft_min_steps']} steps)")
     return (f"Data `{summary['data']}`, budget `{b['name']}`: {b['minutes']:g} wall-clock minutes of pretraining per method "
-            f"(`{b['backbone']}`, ViT methods `{b['vit']}`), fine-tuning "
-            + (f"{b['ft_minutes']:g} minutes" if b["ft_minutes"] else f"{b['ft_epochs']:g} epochs")
-            + f" per run with the learning rate chosen from {list(b['ft_lrs'])} on a held-out sixth of the labels; "
+            f"(`{b['backbone']}`, ViT methods `{b['vit']}`), fine-tuning " + budget_ft
+            + f" per run with the learning rate chosen from {list(b['ft_lrs'])} on a held-out sixth of the labels "
+            "(extended once past a winning edge); "
             f"{summary['seeds']} seed(s), mean ± sample std. kNN and linear on the stage chosen on validation from the "
-            "probe's own labels.\n\n" + "\n".join(lines) + "\n\n" + label_efficiency(summary["table"])
+            "probe's own labels." + sub + full + "\n\n" + "\n".join(lines) + "\n\n" + label_efficiency(summary["table"])
             + ("\n\nNotes: " + "; ".join(notes) + "." if notes else ""))
 
 
@@ -334,20 +406,94 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow(r)
 
 
+CHART_COLUMNS = {"knn": "kNN", "linear": "linear", "linear_1pct": "linear, 1% labels", "ft_1pct": "fine-tune, 1%",
+                 "ft_10pct": "fine-tune, 10%", "ft_100pct": "fine-tune, 100%"}
+
+
+def _drawn(table: list[dict]) -> tuple[list[dict], list[str]]:
+    """The lines with at least one figure, and the names of those without (skipped or failed)."""
+    drawn = [t for t in table if any(c in t for c in COLUMNS)]
+    left = [f"{t['subject']} ({t['status']})" for t in table if t not in drawn]
+    return drawn, left
+
+
+def _label(t: dict) -> str:
+    return f"{t['subject']} · {t['backbone']}" if t["backbone"] else t["subject"]
+
+
 def bar_chart(table: list[dict], path: Path, title: str) -> None:
+    """One panel per measure, subjects as horizontal bars (names never overlap), each panel's axis
+    spanning its own figures, error bars over seeds; skipped subjects listed under the chart."""
     from matplotlib.figure import Figure
-    cols = [c for c in ("knn", "linear", "linear_1pct", "ft_1pct", "ft_100pct") if any(c in t for t in table)]
-    labels = [f"{t['subject']}\n{t['backbone']}" if t["backbone"] else t["subject"] for t in table]
-    fig = Figure(figsize=(max(6, 0.9 * len(table)), 3.6))
+    drawn, left = _drawn(table)
+    cols = [c for c in CHART_COLUMNS if any(c in t for t in drawn)]
+    if not cols:
+        cols = ["knn"]
+    ncols = min(3, len(cols))
+    nrows = math.ceil(len(cols) / ncols)
+    fig = Figure(figsize=(3.3 * ncols + 1.8, nrows * (0.3 * max(4, len(drawn)) + 1.0) + 0.5))
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(cols):]:
+        ax.set_visible(False)
+    ys = list(range(len(drawn)))[::-1]
+    for ax, c in zip(axes, cols):
+        vals = [t.get(c) for t in drawn]
+        got = [v for v in vals if v is not None]
+        colours = ["#888888" if t["subject"] in BASELINES else "#3b75af" for t in drawn]
+        ax.barh(ys, [v if v is not None else 0 for v in vals], xerr=[t.get(f"{c}_std", 0.0) if c in t else 0 for t in drawn],
+                color=colours, height=0.7, error_kw={"elinewidth": 0.8, "capsize": 2})
+        if got:
+            lo, hi = min(got), max(got)
+            pad = max(0.01, 0.08 * (hi - lo))
+            ax.set_xlim(max(0.0, lo - 3 * pad), min(1.0, hi + pad) if hi + pad <= 1 else 1.0)
+        for y, v in zip(ys, vals):
+            if v is None:
+                ax.text(ax.get_xlim()[0], y, " —", va="center", fontsize=7, color="#666666")
+        ax.set_title(CHART_COLUMNS[c], fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    for i, ax in enumerate(axes[:len(cols)]):
+        ax.set_yticks(ys, [_label(t) for t in drawn] if i % ncols == 0 else [], fontsize=8)
+    fig.suptitle(f"{title}: test accuracy (grey: baselines; each axis spans its own column)", fontsize=9)
+    if left:
+        fig.text(0.01, 0.01, "not drawn: " + ", ".join(left), fontsize=7, color="#444444")
+    fig.tight_layout(rect=(0, 0.04 if left else 0, 1, 0.95))
+    fig.savefig(path, dpi=110)
+
+
+def efficiency_plot(table: list[dict], path: Path, title: str) -> None:
+    """Accuracy against the fraction of labels (log axis): one line per fine-tuned subject, the
+    supervised baseline dashed, error bars over seeds; the frozen linear probe at 1% and 100% dotted."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    width = 0.8 / max(1, len(cols))
-    for i, c in enumerate(cols):
-        xs = [j + i * width for j in range(len(table))]
-        ax.bar(xs, [t.get(c, 0.0) for t in table], width, yerr=[t.get(f"{c}_std", 0.0) for t in table], label=c)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(table))], labels, fontsize=7)
+    fractions = {"ft_1pct": 0.01, "ft_10pct": 0.1, "ft_100pct": 1.0}
+    drawn = 0
+    for t in table:
+        pts = [(f, t[c], t.get(f"{c}_std", 0.0)) for c, f in fractions.items() if c in t]
+        if not pts:
+            continue
+        xs, ys, es = zip(*pts)
+        sup = t["subject"] == "supervised"
+        line = ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, linewidth=1.8 if sup else 1.2,
+                           linestyle="--" if sup else "-", color="black" if sup else None,
+                           label=f"{_label(t)}{' (from scratch)' if sup else ' (fine-tuned)'}")
+        lin = [(f, t[c], t.get(f"{c}_std", 0.0)) for c, f in (("linear_1pct", 0.01), ("linear", 1.0)) if c in t]
+        if lin and not sup:
+            lx, ly, le = zip(*lin)
+            ax.errorbar(lx, ly, yerr=le, linestyle=":", marker="s", ms=3, capsize=2, linewidth=1,
+                        color=line[0].get_color(), alpha=0.7)
+        drawn += 1
+    ax.set_xscale("log")
+    ax.set_xticks([0.01, 0.1, 1.0], ["1%", "10%", "100%"])
+    ax.set_xlabel("labelled training images (fraction of the train split)")
     ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=len(cols))
+    ax.set_title(f"{title}: label efficiency (dotted: frozen linear probe)", fontsize=9)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no fine-tuning results", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

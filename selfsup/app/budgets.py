@@ -2,8 +2,9 @@
 
 Methods are compared at equal wall-clock time on the same machine, not equal epochs (rotation
 sees 4 views per image, jigsaw 9 tiles, DINO many crops); images/s counts source images.
-``cpu`` is sized so one seed of the whole bench (every method on Fashion-MNIST and ``shapes``,
-with its evaluations) fits in about 90 minutes on two cores.
+``cpu`` is sized so one seed of the whole bench (every method on Fashion-MNIST with its
+evaluations) fits in 150 minutes on two cores. Fine-tuning runs have a step budget, so that the
+warm-up and the decay follow each run's own length and a slower machine trains as long.
 """
 from __future__ import annotations
 
@@ -19,18 +20,25 @@ class Budget:
     vit: str               # transformer backbone (MAE, DINO attention maps)
     minutes: float         # wall-clock training time per method, dataset and seed
     max_epochs: int        # a cap that a wall-clock run never reaches on its machine (smoke: the real limit)
-    ft_minutes: float = 0.0          # wall-clock minutes per fine-tuning run (0: ft_epochs instead)
-    ft_epochs: float = 1.0
-    ft_lrs: tuple = (1e-3, 3e-3)     # fine-tuning learning rates, chosen on a held-out sixth of the labels
+    ft_minutes: float = 0.0          # wall-clock minutes per fine-tuning run (0: a step budget instead)
+    ft_epochs: float = 10.0          # step budget per fine-tuning run: this many epochs over the labelled images,
+    ft_min_steps: int = 1000         # but at least this many optimiser steps (small label fractions)
+    ft_lrs: tuple = (3e-4, 1e-3, 3e-3, 1e-2)   # fine-tuning learning rates, chosen on a held-out sixth of the labels
+    ft_full: int = -1                # self-supervised methods fine-tuned on 100% of the labels: the best N by
+                                     # linear probe (-1: all); supervised always is
+    subsample: int = 0               # train on a stratified subset of this many images (0: all), for a quick look
+    test_subsample: int = 0          # ... and score on this many test images (0: all)
 
 
 BUDGETS = {
-    # smoke: does every method run end to end; tiny data finishes by epochs, not by the clock
-    "smoke": Budget("smoke", "resnet18_quarter", "vit_micro", minutes=0.2, max_epochs=2, ft_epochs=1, ft_lrs=(1e-3,)),
-    # cpu: Fashion-MNIST, every method + baselines, one seed in about 90 minutes on two cores:
-    # ~27 min pretraining, ~11 min probes, ~45 min fine-tuning (10 arms x 3 fractions x 3 runs x 0.5 min)
-    "cpu": Budget("cpu", "resnet18_quarter", "vit_micro", minutes=3.0, max_epochs=1000, ft_minutes=0.5),
-    "gpu": Budget("gpu", "resnet18", "vit_tiny", minutes=20.0, max_epochs=1000, ft_minutes=3.0),
+    # smoke: does every method run end to end, on any dataset, within 5 minutes: a 2,000-image subset
+    # (1,000 test images), a few seconds of pretraining, 40-step fine-tuning with one learning rate
+    "smoke": Budget("smoke", "resnet18_quarter", "vit_micro", minutes=0.1, max_epochs=2, ft_epochs=1, ft_min_steps=40,
+                    ft_lrs=(1e-3,), subsample=2000, test_subsample=1000),
+    # cpu: Fashion-MNIST, every method + baselines, one seed within 150 minutes on two cores
+    "cpu": Budget("cpu", "resnet18_quarter", "vit_micro", minutes=3.0, max_epochs=1000, ft_epochs=10, ft_min_steps=300,
+                  ft_full=2),
+    "gpu": Budget("gpu", "resnet18", "vit_tiny", minutes=20.0, max_epochs=1000, ft_epochs=30, ft_min_steps=2000),
 }
 
 

@@ -34,7 +34,8 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion
                       ("raw pixels", {"baseline": "pixels"})]:
         res = evaluate(["knn", "linear"], data=dataset, **kw)
         rows.append((label, res["knn"]["accuracy"], res["linear"]["accuracy"]))
-    print(f"\n{dataset.name} test accuracy (kNN k=200 T=0.1 on the full train bank; linear probe on frozen features)")
+    print(f"\n{dataset.name} test accuracy (kNN T=0.1 on the full train bank, k chosen on a held-out sixth of it; "
+          "linear probe on frozen features)")
     print(f"{'':24s}{'kNN':>8s}{'linear':>8s}")
     for label, knn, lin in rows:
         print(f"{label:24s}{knn:8.4f}{lin:8.4f}")

@@ -16,7 +16,7 @@ from .. import models, runs
 from ..data.datasets import DatasetSplits, label_subset, stratified_split
 from ..errors import SelfSupError
 from ..eval import features as feat
-from ..eval.knn import knn_accuracy
+from ..eval.knn import choose_k, knn_accuracy
 from ..eval.linear import linear_probe
 from ..runs import load_backbone, run_config
 from .device import pick_device
@@ -46,7 +46,7 @@ def eval_splits(data: DatasetSplits, seed: int = 0, on: str = "test") -> tuple:
 
 def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, data: str | DatasetSplits | None = None,
              baseline: str | None = None, backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0,
-             k: int = 200, temperature: float = 0.1, layer: int | None = None, pool: str | None = None,
+             k: int | None = None, temperature: float = 0.1, layer: int | None = None, pool: str | None = None,
              device: str = "auto", data_dir: str | None = None, download: bool = False, out: str | Path | None = None,
              batch_size: int = 512, on: str = "test") -> dict:
     """Evaluate a run's backbone (``checkpoint``) or a ``baseline`` ("random" | "pixels") with each protocol.
@@ -64,11 +64,12 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         raise SelfSupError(f"--baseline {baseline}: expected random or pixels")
     if layer is not None and layer != "auto" and (not isinstance(layer, int) or layer < 1):
         raise SelfSupError(f"--layer {layer}: expected a stage number (1, 2, ...) or auto")
-    if k <= 0 or temperature <= 0:
+    if (k is not None and k <= 0) or temperature <= 0:
         raise SelfSupError(f"--k and --temperature must be positive, got {k}, {temperature}")
     if checkpoint is not None and not Path(checkpoint).exists():
         raise SelfSupError(f"--checkpoint {checkpoint}: no such run folder")
     dataset = runs.run_data(checkpoint, data, data_dir=data_dir, download=download)
+    spec = runs.data_spec(checkpoint, data, dataset)
     train, test = eval_splits(dataset, seed, on)
     bank = label_subset(train, label_fraction, seed)
     dev = pick_device(device)
@@ -94,10 +95,10 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     if layer == "auto":
         if baseline == "pixels":
             raise SelfSupError("--layer auto: raw pixels have no layers")
-        layer, pool, selection = select_layer(encoder, bank, k, temperature, seed, batch_size, dev)
+        layer, pool, selection = select_layer(encoder, bank, k or LAYER_K, temperature, seed, batch_size, dev)
     bank_x, test_x = fx(bank.images), fx(test.images)
     feat_s = time.time() - t0
-    common = {"data": dataset.name, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
+    common = {"data": spec, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
               "n_test": len(test), "feature_dim": bank_x.shape[1], "layer": layer, "pool": pool, **subject}
     if selection is not None:
         common["layer_selection"] = selection
@@ -106,9 +107,14 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     for p in protocols:
         t1 = time.time()
         if p == "knn":
-            acc = knn_accuracy(bank_x, bank.labels, test_x, test.labels, k=k, temperature=temperature,
+            chosen, k_search = (k, None) if k is not None else \
+                choose_k(bank_x, bank.labels, temperature, train.num_classes, seed)
+            acc = knn_accuracy(bank_x, bank.labels, test_x, test.labels, k=chosen, temperature=temperature,
                                num_classes=train.num_classes)
-            res = {"protocol": "knn", "accuracy": acc, "k": k, "temperature": temperature, "similarity": "cosine"}
+            res = {"protocol": "knn", "accuracy": acc, "k": min(chosen, len(bank)), "temperature": temperature,
+                   "similarity": "cosine"}
+            if k_search is not None:
+                res["k_search"] = k_search   # validation accuracy of each candidate k (a held-out sixth of the bank)
         else:
             lin = linear_probe(bank_x, bank.labels, test_x, test.labels, num_classes=train.num_classes, seed=seed)
             res = {"protocol": "linear", **lin, "standardised": True, "solver": "L-BFGS logistic regression"}
@@ -116,10 +122,11 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         res["seconds"] = round(feat_s + time.time() - t1, 2)
         res["provenance"] = prov
         results[p] = res
-    _write(results, out, checkpoint, label_fraction, layer)
+    _write(results, out, checkpoint, label_fraction, layer, runs.foreign_tag(checkpoint, spec))
     return results
 
 
+LAYER_K = 20        # the kNN k that scores candidate stages when --k is not given (DINO's)
 SELECT_N = 10_000   # labelled images the stage selection looks at, at most (a stratified subset)
 
 
@@ -142,7 +149,7 @@ def select_layer(encoder, bank, k: int, temperature: float, seed: int, batch_siz
     return (*best, {f"{c[0] or 'final'}/{c[1] or 'default'}": round(v, 4) for c, v in scores.items()})
 
 
-def _write(results: dict, out, checkpoint, label_fraction: float, layer) -> None:
+def _write(results: dict, out, checkpoint, label_fraction: float, layer, tag: str = "") -> None:
     if out is None and checkpoint is None:
         return
     for p, res in results.items():
@@ -150,9 +157,7 @@ def _write(results: dict, out, checkpoint, label_fraction: float, layer) -> None
             path = Path(out)
         else:
             folder = Path(out) if out is not None else runs.result_path(checkpoint)
-            suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("" if layer is None else f"_layer{layer}")
-            suffix += "_val" if results[p]["split"] == "val" else ""
-            path = folder / f"{p}{suffix}.json"
+            path = folder / runs.result_name(p, label_fraction, res["split"], layer, tag)
         path.parent.mkdir(parents=True, exist_ok=True)
         runs.write_json(path, res)
         res["written_to"] = str(path)

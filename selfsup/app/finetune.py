@@ -11,6 +11,7 @@ choosing settings without touching test).
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -21,6 +22,50 @@ from ..runs import load_backbone
 from .evaluate import eval_splits
 
 
+FT_LRS = (3e-4, 1e-3, 3e-3, 1e-2)   # AdamW peak rates: a log grid spanning 33x, extended once at an edge
+MIN_EPOCHS = 3.0    # a run with fewer epochs over its labelled images is flagged as too short to converge
+MIN_STEPS = 100     # ... and so is one with fewer optimiser steps
+FT_EPOCHS = 10.0    # the default budget: this many epochs over the labelled images,
+FT_MIN_STEPS = 1000  # but at least this many steps (small label fractions; see default_steps)
+
+
+def default_steps(n_labelled: int, batch_size: int, epochs: float = FT_EPOCHS, min_steps: int = FT_MIN_STEPS) -> int:
+    """Optimiser steps for fine-tuning on ``n_labelled`` images: ``epochs`` over them, but never
+    fewer than ``min_steps``. A fixed number of epochs starves small label fractions (1% of
+    Fashion-MNIST is 600 images: 10 epochs are 47 steps); a fixed number of steps for every
+    fraction (the common semi-supervised protocol) spends the 100% run's cost on the 1% run."""
+    return max(int(min_steps), math.ceil(epochs * n_labelled / batch_size))
+
+
+def too_short(steps: int, epochs: float) -> str | None:
+    """Why a fine-tuning run is too short to have converged, or None."""
+    if epochs < MIN_EPOCHS:
+        return f"{epochs:.2f} epochs over the labelled images (< {MIN_EPOCHS:g})"
+    if steps < MIN_STEPS:
+        return f"{steps} optimiser steps (< {MIN_STEPS})"
+    return None
+
+
+def search_lr(lrs, score, extend: bool = True) -> tuple[float, dict, float | None]:
+    """Score each learning rate of ``lrs`` (``score(lr) -> validation accuracy``) and take the best
+    (ties -> the first listed). When the best sits at an edge of the grid, the grid extends once in
+    that direction by its own ratio (the largest over the second largest, or the second smallest
+    over the smallest), and the new rate is taken if it scores higher. Returns (best, {lr: score},
+    the extension or None)."""
+    lrs = [float(x) for x in lrs]
+    scores = {f"{lr:g}": round(score(lr), 4) for lr in lrs}
+    best = max(lrs, key=lambda x: scores[f"{x:g}"])
+    extended = None
+    ordered = sorted(set(lrs))
+    if extend and len(ordered) >= 2 and best in (ordered[0], ordered[-1]):
+        extended = ordered[-1] ** 2 / ordered[-2] if best == ordered[-1] else ordered[0] ** 2 / ordered[1]
+        extended = float(f"{extended:.3g}")
+        scores[f"{extended:g}"] = round(score(extended), 4)
+        if scores[f"{extended:g}"] > scores[f"{best:g}"]:
+            best = extended
+    return best, scores, extended
+
+
 def _train_and_score(labelled: ImageSet, scored: ImageSet, settings: dict, run_dir: Path | None) -> tuple[float, object]:
     from .train import train
     res = train("supervised", data=labelled, out=run_dir, overwrite=True, progress=False, **settings)
@@ -29,15 +74,18 @@ def _train_and_score(labelled: ImageSet, scored: ImageSet, settings: dict, run_d
 
 
 def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | None = None, baseline: str | None = None,
-             backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0, lrs=None, epochs: float | None = None,
-             time_limit: float = 0.0, batch_size: int | None = None, on: str = "test", device: str = "auto",
+             backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0, lrs=None, steps: int | None = None,
+             epochs: float | None = None, time_limit: float = 0.0, extend: bool = True, batch_size: int | None = None, on: str = "test", device: str = "auto",
              data_dir: str | None = None, download: bool = False, out: str | Path | None = None, **settings) -> dict:
     """Fine-tune a run's backbone (``checkpoint``) or train ``baseline="supervised"`` from scratch;
     return (and write) the test accuracy with the learning rate chosen on validation.
 
-    ``lrs``: candidate peak learning rates (default: the ``supervised`` method's one); ``epochs`` /
-    ``time_limit`` (minutes, per training run) and ``settings`` (``backbone_lr_scale``,
-    ``layer_decay``, ``freeze_stages``, ``crop_min``, ...) pass to the training."""
+    ``lrs``: candidate peak learning rates (default ``FT_LRS``), searched with :func:`search_lr`
+    (``extend``: once past an edge). The budget of each run: ``steps`` (default
+    :func:`default_steps`), or ``epochs``, or ``time_limit`` (minutes); the warm-up and the decay
+    follow the run's own length under each. ``settings`` (``backbone_lr_scale``, ``layer_decay``,
+    ``freeze_stages``, ``crop_min``, ...) pass to the training. The result carries ``short``: why
+    the run was too short to converge, or None."""
     if (checkpoint is None) == (baseline is None):
         raise SelfSupError("give either --checkpoint RUN_DIR or --baseline supervised")
     if baseline not in (None, "supervised"):
@@ -45,6 +93,7 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
     if checkpoint is not None and not Path(checkpoint).exists():
         raise SelfSupError(f"--checkpoint {checkpoint}: no such run folder")
     dataset = runs.run_data(checkpoint, data, data_dir=data_dir, download=download)
+    spec = runs.data_spec(checkpoint, data, dataset)
     train_split, test = eval_splits(dataset, seed, on)
     labelled = label_subset(train_split, label_fraction, seed)
     if checkpoint is not None:
@@ -56,44 +105,46 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         name, subject = backbone or models.DEFAULT_BACKBONE, {"baseline": "supervised"}
     if len(labelled) < 12:
         raise SelfSupError(f"--label-fraction {label_fraction}: leaves {len(labelled)} labelled images, too few to fine-tune")
-    common = {"backbone": name, "seed": seed, "device": device, **settings}
-    if epochs is not None:
+    bs = min(batch_size or 128, max(8, len(labelled) * 5 // 6 // 2))   # at least two steps per epoch on the 5/6
+    common = {"backbone": name, "seed": seed, "device": device, "batch_size": bs, **settings}
+    if steps is None and epochs is None and not time_limit:
+        steps = default_steps(len(labelled), bs)
+    if steps is not None:
+        if steps < 1:
+            raise SelfSupError(f"--steps {steps}: must be at least 1")
+        common["steps"] = int(steps)
+    elif epochs is not None:
         common["epochs"] = epochs
     if time_limit:
         common.update(time_limit=time_limit, epochs=common.get("epochs", 1000))
-    bs = batch_size or 128
-    common["batch_size"] = min(bs, max(8, len(labelled) * 5 // 6 // 2))   # at least two steps per epoch on the 5/6
-    from .train import resolve_config
-    default_lr = resolve_config("supervised")[0].lr
-    lrs = [float(x) for x in (lrs or [default_lr])]
+    lrs = [float(x) for x in (lrs or FT_LRS)]
     if any(x <= 0 for x in lrs):
         raise SelfSupError(f"--lrs {lrs}: learning rates must be positive")
     t0 = time.time()
-    search = {}
+    search, extended = {}, None
     if len(lrs) > 1:
         fit_idx, val_idx = stratified_split(labelled.labels, len(labelled), 1 / 6, seed)
         fit, val = labelled.subset(fit_idx), labelled.subset(val_idx)
-        for lr in lrs:
-            acc, _ = _train_and_score(fit, val, {**common, "lr": lr}, None)
-            search[f"{lr:g}"] = round(acc, 4)
-        best = max(lrs, key=lambda x: search[f"{x:g}"])   # ties -> the first listed
+        best, search, extended = search_lr(lrs, lambda lr: _train_and_score(fit, val, {**common, "lr": lr}, None)[0],
+                                           extend=extend)
     else:
         best = lrs[0]
-    folder = None
+    acc, res = _train_and_score(labelled, test, {**common, "lr": best}, None)
+    epochs_run = res.steps * res.config.batch_size / len(labelled)
+    short = too_short(res.steps, epochs_run)
+    result = {"protocol": "finetune", "accuracy": acc, "lr": best, "lr_search": search, "lr_extended": extended,
+              **subject, "backbone": name, "data": spec, "split": on, "label_fraction": label_fraction, "seed": seed,
+              "n_train": len(labelled), "n_test": len(test), "steps": res.steps, "epochs": round(epochs_run, 2),
+              "batch_size": res.config.batch_size, "short": short,
+              "settings": {k: v for k, v in common.items() if k != "init"}, "seconds": round(time.time() - t0, 1)}
+    path, folder = None, None
     if out is not None and not str(out).endswith(".json"):
         folder = Path(out)
-    acc, res = _train_and_score(labelled, test, {**common, "lr": best}, None)
-    result = {"protocol": "finetune", "accuracy": acc, "lr": best, "lr_search": search, **subject, "backbone": name,
-              "data": dataset.name, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(labelled),
-              "n_test": len(test), "steps": res.steps, "epochs": round(res.steps * res.config.batch_size / len(labelled), 2),
-              "batch_size": res.config.batch_size, "settings": {k: v for k, v in common.items() if k != "init"},
-              "seconds": round(time.time() - t0, 1)}
-    path = None
     if out is not None:
         path = Path(out) if folder is None else folder / "finetune.json"
     elif checkpoint is not None and Path(checkpoint).is_dir():
-        suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("_val" if on == "val" else "")
-        path = runs.result_path(checkpoint, f"finetune{suffix}.json")
+        path = runs.result_path(checkpoint, runs.result_name("finetune", label_fraction, on,
+                                                             tag=runs.foreign_tag(checkpoint, spec)))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         runs.write_json(path, result)

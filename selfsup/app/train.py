@@ -51,13 +51,15 @@ def run_configs(saved: dict, overrides: dict | None = None) -> tuple[TrainConfig
 def validate(cfg: TrainConfig) -> None:
     checks = [("batch_size", cfg.batch_size > 0), ("epochs", cfg.epochs > 0), ("lr", cfg.lr > 0),
               ("weight_decay", cfg.weight_decay >= 0), ("warmup_epochs", cfg.warmup_epochs >= 0),
-              ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0),
+              ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0), ("steps", cfg.steps >= 0),
               ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0),
               ("accumulate", cfg.accumulate > 0), ("skip_nonfinite", cfg.skip_nonfinite >= 0),
               ("monitor_every", cfg.monitor_every >= 0)]
     for name, ok in checks:
         if not ok:
             raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every', 'accumulate') else 'non-negative'}, got {getattr(cfg, name)}")
+    if not 0 <= cfg.warmup_max <= 1:
+        raise SelfSupError(f"--set warmup_max={cfg.warmup_max}: must be in [0, 1] (a share of the run)")
     if not 0 <= cfg.beta2 < 1:
         raise SelfSupError(f"--set beta2={cfg.beta2}: must be in [0, 1)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):

@@ -93,7 +93,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     method, model = _place(method, cfg, device, world)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.beta2)
     spe = source.steps_per_epoch
-    total = max(1, math.ceil(cfg.epochs * spe))
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * spe))
     st = LoopState()
     if resume_state is not None:
         method.load_state_dict(resume_state["model"])
@@ -163,7 +163,8 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
         prog = max(prog, _agree(st.elapsed(), world, device) / (cfg.time_limit * 60))
     warmup_steps = round(cfg.warmup_epochs * spe)
     for g in optimizer.param_groups:
-        g["lr"] = warmup_cosine(st.step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio) * g.get("lr_scale", 1.0)
+        g["lr"] = warmup_cosine(st.step, warmup_steps, prog, cfg.lr, cfg.lr * cfg.min_lr_ratio,
+                                cfg.warmup_max) * g.get("lr_scale", 1.0)
     method.progress = min(prog, 1.0)   # schedules of the method (EMA momentum, temperatures) read it
     torch.manual_seed(_step_seed(cfg.seed, st.step, rank))
     optimizer.zero_grad(set_to_none=True)

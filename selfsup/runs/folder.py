@@ -84,6 +84,13 @@ def result_path(run_dir: str | Path, name: str = "") -> Path:
     return Path(run_dir) / "eval" / name if name else Path(run_dir) / "eval"
 
 
+def result_name(protocol: str, label_fraction: float = 1.0, split: str = "test", layer=None, tag: str = "") -> str:
+    """PROTOCOL[_FRACTION][_layerN][_val][@DATA].json: one file per protocol, labels, stage, split and
+    dataset, so that no evaluation replaces another's result."""
+    suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("" if layer is None else f"_layer{layer}")
+    return f"{protocol}{suffix}{'_val' if split == 'val' else ''}{tag}.json"
+
+
 def run_config(run_dir: str | Path) -> dict:
     """The run folder's config.json, or {} when there is none (a backbone file, a bare checkpoint)."""
     p = Path(run_dir) / "config.json"
