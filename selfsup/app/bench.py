@@ -179,7 +179,7 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
         elif subject == "supervised":
             _finetunes({"baseline": "supervised", "backbone": backbone}, data, seed, budget, row)
         else:
-            from .engine.train import train
+            from .train import train
             from ..methods import get_method
             cls = get_method(subject)
             why = (f"needs image-caption data; {data.name} has none" if cls.uses_captions and data.train.captions is None
