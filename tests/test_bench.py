@@ -117,7 +117,6 @@ def test_config_hash_changes_with_what_decides_a_unit():
     assert len({key(0, "smoke"), key(1, "smoke"), key(0, "cpu")}) == 3
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "nope"], "--methods nope: unknown method"),
     (["--methods", "supervised"], "--methods supervised: uses labels"),
