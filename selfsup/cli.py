@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a method or training setting")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars go to stderr, and only when it is a terminal)")
 
     e = sub.add_parser("eval", help="evaluate a backbone or a baseline with a probe")
     e.add_argument("protocol", choices=["knn", "linear", "finetune", "zeroshot", "retrieval"])
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="finetune: a training or supervised-method setting (backbone_lr_scale, layer_decay, "
                         "freeze_stages, weight_decay, ...)")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (features, kNN, linear probe, fine-tuning runs; stderr, only on a terminal)")
 
     em = sub.add_parser("embed", help="embeddings of every image of a dataset, to .npy (+ .json) or .parquet",
                         description="Embed every image with a run's backbone (its normalisation, eval mode, as "
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--record", default="BENCHMARKS.md", metavar="FILE",
                     help="markdown file whose bench section is rewritten (default BENCHMARKS.md)")
     bn.add_argument("--no-record", action="store_true", help="do not touch --record's file")
+    bn.add_argument("--no-progress", action="store_true",
+                    help="no progress bars (the units, with time left; stderr, only on a terminal)")
 
     r = sub.add_parser("report", help="one self-contained HTML page about a run: curves, views, pictures, "
                                       "embedding map, nearest neighbours, evaluations")
@@ -189,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--minutes", type=float, default=10.0, help="training time")
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--data", default="fashion-mnist")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars (stderr, only on a terminal)")
     return p
 
 
@@ -215,7 +221,7 @@ def _train(args) -> int:
     main_process = True
     try:
         result = train(args.method, out=out, resume=args.resume, overwrite=args.overwrite,
-                       progress=not args.no_progress, **overrides)
+                       progress=False if args.no_progress else None, **overrides)
     finally:
         main_process = end_processes()
     if not main_process:
@@ -245,7 +251,8 @@ def _eval(args) -> int:
     res = evaluate([args.protocol], checkpoint=args.checkpoint, data=args.data, baseline=args.baseline,
                    backbone=args.backbone, label_fraction=args.label_fraction, seed=args.seed, k=args.k,
                    temperature=args.temperature, layer=args.layer, pool=args.pool, device=args.device,
-                   data_dir=args.data_dir, out=args.out, on=args.on)[args.protocol]
+                   data_dir=args.data_dir, out=args.out, on=args.on,
+                   progress=False if args.no_progress else None)[args.protocol]
     who = res.get("checkpoint") or f"{res['baseline']} baseline"
     print(f"{args.protocol} accuracy {res['accuracy']:.4f} ({who}, {res['data']}, "
           f"{res['n_train']} train / {res['n_test']} test, label fraction {res['label_fraction']:g})")
@@ -298,7 +305,7 @@ def _finetune(args) -> int:
     res = finetune(checkpoint=args.checkpoint, data=args.data, baseline=args.baseline, backbone=args.backbone,
                    label_fraction=args.label_fraction, seed=args.seed, lrs=lrs, steps=args.steps, epochs=args.epochs,
                    time_limit=args.time_limit, batch_size=args.batch_size, on=args.on, device=args.device,
-                   data_dir=args.data_dir, out=args.out, **settings)
+                   data_dir=args.data_dir, out=args.out, progress=False if args.no_progress else None, **settings)
     who = res.get("checkpoint") or "supervised from scratch"
     print(f"finetune accuracy {res['accuracy']:.4f} ({who}, {res['backbone']}, {res['data']}, {res['n_train']} train / "
           f"{res['n_test']} test, label fraction {res['label_fraction']:g}, lr {res['lr']:g}, {res['epochs']} epochs)")
@@ -334,7 +341,7 @@ def _bench(args) -> int:
 
     from .app.bench import bench, failed, markdown, record_section
     summary = bench(methods=args.methods, data=args.data, budget=args.budget, seeds=args.seeds, out=args.out,
-                    data_dir=args.data_dir)
+                    data_dir=args.data_dir, progress=False if args.no_progress else None)
     body = markdown(summary)
     print(body)
     command = [*(["--methods", args.methods] if args.methods else []), "--data", args.data, "--budget", args.budget,
@@ -396,7 +403,7 @@ def _data(args) -> int:
 
 def _demo(args) -> int:
     from .app.demo import run_demo
-    return run_demo(minutes=args.minutes, out=args.out, data=args.data)
+    return run_demo(minutes=args.minutes, out=args.out, data=args.data, progress=False if args.no_progress else None)
 
 
 def main(argv: list[str] | None = None) -> int:

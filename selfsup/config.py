@@ -47,6 +47,7 @@ class TrainConfig:
     strict: bool = False                    # fail on the first unreadable image instead of skipping
     monitor_every: float = 0.0              # epochs between online kNN/linear scores in metrics.jsonl; 0 = off
     monitor: str = "knn"                    # what the online monitor scores: knn | linear | knn,linear
+    logger: str = "auto"                    # experiment logger: auto (tensorboard when installed) | tensorboard | none
 
 
 def _convert(value, typ, key: str):

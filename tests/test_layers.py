@@ -21,7 +21,7 @@ LAYERS = [
     {"selfsup.runs"},
     {"selfsup.data", "selfsup.models"},
     {"selfsup.losses", "selfsup.distributed", "selfsup.schedules", "selfsup.config", "selfsup.errors",
-     "selfsup.atomic", "selfsup._moved"},
+     "selfsup.atomic", "selfsup._moved", "selfsup.progress"},
 ]
 PEERS_INDEPENDENT = [{"selfsup.methods", "selfsup.engine", "selfsup.eval"}]
 

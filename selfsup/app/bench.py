@@ -32,6 +32,7 @@ import torch
 from .. import runs as rundir
 from ..data.datasets import DatasetSplits, label_subset, load_dataset
 from ..errors import SelfSupError
+from ..progress import bar, printing
 from .budgets import Budget, get_budget
 
 PROBE_FRACTIONS = (1.0, 0.01)
@@ -132,18 +133,19 @@ def select_methods(names: str | None) -> list[str]:
 
 # ----------------------------------------------------------------------------- one unit
 
-def _probe(kw: dict, data: DatasetSplits, seed: int, fraction: float) -> dict:
+def _probe(kw: dict, data: DatasetSplits, seed: int, fraction: float, progress: bool | None = False) -> dict:
     from .evaluate import eval_splits, evaluate
     train_split, _ = eval_splits(data, seed)
     n = len(label_subset(train_split, fraction, seed))
     layer = "auto" if n >= MIN_SELECT and kw.get("baseline") != "pixels" else None
     protocols = ["knn", "linear"] if fraction == 1.0 else ["linear"]
-    res = evaluate(protocols, data=data, seed=seed, label_fraction=fraction, layer=layer, **kw)
+    res = evaluate(protocols, data=data, seed=seed, label_fraction=fraction, layer=layer, progress=progress, **kw)
     key = "" if fraction == 1.0 else f"_{_pct(fraction)}"
     return {f"{p}{key}": res[p]["accuracy"] for p in protocols} | {f"layer{key}": res[protocols[0]]["layer"]}
 
 
-def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: dict, fractions=FT_FRACTIONS) -> None:
+def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: dict, fractions=FT_FRACTIONS,
+               progress: bool | None = False) -> None:
     from .evaluate import eval_splits
     from .finetune import default_steps, finetune
     train_split, _ = eval_splits(data, seed)
@@ -164,7 +166,8 @@ def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: di
             timing = {"time_limit": budget.ft_minutes}
         else:
             timing = {"steps": default_steps(n, min(128, max(8, n * 5 // 6 // 2)), budget.ft_epochs, budget.ft_min_steps)}
-        res = finetune(data=data, label_fraction=fraction, seed=seed, lrs=list(budget.ft_lrs), **timing, **kw)
+        res = finetune(data=data, label_fraction=fraction, seed=seed, lrs=list(budget.ft_lrs), progress=progress,
+                       **timing, **kw)
         row[col] = res["accuracy"]
         row[f"{col}_lr"] = res["lr"]
         row[f"{col}_steps"] = res["steps"]
@@ -187,23 +190,25 @@ def subsample(data: DatasetSplits, budget: Budget, seed: int = 0) -> DatasetSpli
 
 
 def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget: Budget, out: Path,
-             part: str = "") -> dict:
+             part: str = "", progress: bool | None = False) -> dict:
     """Train (for a method) and evaluate one unit; never raises for the unit's own failures.
-    ``part="ft100"``: fine-tune the method's run (already trained) on 100% of the labels."""
+    ``part="ft100"``: fine-tune the method's run (already trained) on 100% of the labels.
+    ``progress``: the bars of its training, evaluations and fine-tuning runs (as ``train``)."""
     row = {"subject": subject, "backbone": backbone, "seed": seed, "status": "ok"}
     t0 = time.time()
     try:
         if part == "ft100":
             row["part"] = part
-            _finetunes({"checkpoint": out / "runs" / f"{subject}-seed{seed}"}, data, seed, budget, row, [1.0])
+            _finetunes({"checkpoint": out / "runs" / f"{subject}-seed{seed}"}, data, seed, budget, row, [1.0],
+                       progress=progress)
         elif subject == "pixels":
             for f in PROBE_FRACTIONS:
-                row.update(_probe({"baseline": "pixels"}, data, seed, f))
+                row.update(_probe({"baseline": "pixels"}, data, seed, f, progress))
         elif subject == "random":
             for f in PROBE_FRACTIONS:
-                row.update(_probe({"baseline": "random", "backbone": backbone}, data, seed, f))
+                row.update(_probe({"baseline": "random", "backbone": backbone}, data, seed, f, progress))
         elif subject == "supervised":
-            _finetunes({"baseline": "supervised", "backbone": backbone}, data, seed, budget, row)
+            _finetunes({"baseline": "supervised", "backbone": backbone}, data, seed, budget, row, progress=progress)
         else:
             from .train import train
             from ..methods import get_method
@@ -215,14 +220,14 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
                 row.update(status="skipped", notes=[f"{subject} {why}"])
                 return row
             run_dir = out / "runs" / f"{subject}-seed{seed}"
-            res = train(subject, data=data, out=run_dir, overwrite=True, progress=False, backbone=backbone,
+            res = train(subject, data=data, out=run_dir, overwrite=True, progress=progress, backbone=backbone,
                         time_limit=budget.minutes, epochs=budget.max_epochs, seed=seed)
             row.update(steps=res.steps, images_per_s=round(res.images_per_s, 1), run_dir=str(run_dir),
                        train_minutes=round((time.time() - t0) / 60, 2))
             for f in PROBE_FRACTIONS:
-                row.update(_probe({"checkpoint": run_dir}, data, seed, f))
+                row.update(_probe({"checkpoint": run_dir}, data, seed, f, progress))
             _finetunes({"checkpoint": run_dir}, data, seed, budget, row,
-                       FT_FRACTIONS if budget.ft_full < 0 else [f for f in FT_FRACTIONS if f < 1.0])
+                       FT_FRACTIONS if budget.ft_full < 0 else [f for f in FT_FRACTIONS if f < 1.0], progress=progress)
     except Exception as e:  # noqa: BLE001 - one broken unit must not stop the others; its row says why
         message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         row["status"] = "non-finite" if "diverged" in message else "error"
@@ -250,9 +255,13 @@ def unit_key(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
 # ----------------------------------------------------------------------------- the bench
 
 def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str = "smoke", seeds: int = 1,
-          out: str | Path | None = None, data_dir: str | None = None, log=print) -> dict:
+          out: str | Path | None = None, data_dir: str | None = None, log=print, progress: bool | None = None) -> dict:
     """Run (or reuse) every unit and write OUT/bench.{json,csv,md,png} and OUT/label_efficiency.png;
-    returns the summary dict."""
+    returns the summary dict.
+
+    ``progress``: a bar on stderr over the units, naming the unit now running, with how many are
+    left and the time left estimated from the finished units' mean (None: when stderr is a
+    terminal; False: never)."""
     if seeds < 1:
         raise SelfSupError(f"--seeds must be at least 1, got {seeds}")
     b = get_budget(budget)
@@ -273,23 +282,38 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
         if path.exists() and commit is not None:
             old = json.loads(path.read_text())
             if old.get("commit") == commit and old.get("config_hash") == h:
-                log(f"reused {path.name} ({old['status']})")
+                with printing():
+                    log(f"reused {path.name} ({old['status']})")
+                shown_bar.update(1)
                 return old
-        row = run_unit(subject, backbone, splits, seed, b, out, part)
+        shown_bar.set_postfix_str(f"{subject} {backbone} {part} seed {seed}".replace("  ", " "))
+        row = run_unit(subject, backbone, splits, seed, b, out, part, progress=progress)
         row.update(commit=commit or (rundir.git_commit() or "unknown") + "+dirty", config_hash=h)
         rundir.write_json(path, row)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k in COLUMNS}
-        log(f"{subject} {backbone}{' ' + part if part else ''} seed {seed}: {row['status']} "
-            f"{row.get('error', '')} {shown} ({row['minutes']:.1f} min)".replace("  ", " "))
+        with printing():
+            log(f"{subject} {backbone}{' ' + part if part else ''} seed {seed}: {row['status']} "
+                f"{row.get('error', '')} {shown} ({row['minutes']:.1f} min)".replace("  ", " "))
+        shown_bar.update(1)
         return row
 
-    for seed in range(seeds):
-        seed_rows = [unit(subject, backbone, seed) for subject, backbone in plan(names, b)]
-        for subject, backbone in full_finetune_subjects(seed_rows, b):
-            extra = unit(subject, backbone, seed, "ft100")
-            row = next(r for r in seed_rows if r["subject"] == subject and r["backbone"] == backbone)
-            merge_part(row, extra)
-        rows += seed_rows
+    units = plan(names, b)
+    full = 0 if b.ft_full < 0 else min(b.ft_full, len(names))
+    # smoothing=0: the time left is the mean of the finished units times those left
+    shown_bar = bar(total=seeds * (len(units) + full), progress=progress, desc="bench", unit="unit", smoothing=0,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} units [{elapsed}<{remaining}]{postfix}")
+    try:
+        for seed in range(seeds):
+            seed_rows = [unit(subject, backbone, seed) for subject, backbone in units]
+            chosen = full_finetune_subjects(seed_rows, b)
+            shown_bar.total -= full - len(chosen)
+            for subject, backbone in chosen:
+                extra = unit(subject, backbone, seed, "ft100")
+                row = next(r for r in seed_rows if r["subject"] == subject and r["backbone"] == backbone)
+                merge_part(row, extra)
+            rows += seed_rows
+    finally:
+        shown_bar.close()
     summary = {"data": splits.name, "data_spec": data, "budget": dataclasses.asdict(b), "seeds": seeds, "rows": rows,
                "table": aggregate(rows)}
     rundir.write_json(out / "bench.json", summary)

@@ -10,8 +10,12 @@ import time
 from ..errors import SelfSupError
 
 
-def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion-mnist", fallback: str = "shapes") -> int:
+def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion-mnist", fallback: str = "shapes",
+             progress: bool | None = None) -> int:
+    """``progress``: the training bar, then a bar over the three evaluated subjects over each one's
+    features / kNN / linear-probe bars, all on stderr (None: when stderr is a terminal)."""
     from ..data.datasets import load_dataset
+    from ..progress import bar
     from .evaluate import evaluate
     from .train import train
 
@@ -25,15 +29,19 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion
     print(f"selfsup demo: SimCLR on {dataset.name} ({len(dataset.train)} training images), "
           f"{minutes:g} minutes of training on {'the GPU' if _cuda() else 'the CPU'}; run folder {out}")
     t0 = time.time()
-    result = train("simclr", data=dataset, out=out, overwrite=True, time_limit=minutes, epochs=1000)
+    result = train("simclr", data=dataset, out=out, overwrite=True, time_limit=minutes, epochs=1000, progress=progress)
     train_s = time.time() - t0
     print(f"trained {result.steps} steps in {train_s / 60:.1f} min ({result.images_per_s:.0f} images/s)")
     rows = []
-    for label, kw in [("SimCLR (this run)", {"checkpoint": out}),
-                      ("random-init backbone", {"baseline": "random", "backbone": result.config.backbone}),
-                      ("raw pixels", {"baseline": "pixels"})]:
-        res = evaluate(["knn", "linear"], data=dataset, **kw)
-        rows.append((label, res["knn"]["accuracy"], res["linear"]["accuracy"]))
+    subjects = [("SimCLR (this run)", {"checkpoint": out}),
+                ("random-init backbone", {"baseline": "random", "backbone": result.config.backbone}),
+                ("raw pixels", {"baseline": "pixels"})]
+    with bar(total=len(subjects), progress=progress, desc="demo evaluation", unit="subject") as shown:
+        for label, kw in subjects:
+            shown.set_postfix_str(f"{label}: kNN and linear probe", refresh=True)
+            res = evaluate(["knn", "linear"], data=dataset, progress=progress, **kw)
+            rows.append((label, res["knn"]["accuracy"], res["linear"]["accuracy"]))
+            shown.update(1)
     print(f"\n{dataset.name} test accuracy (kNN T=0.1 on the full train bank, k chosen on a held-out sixth of it; "
           "linear probe on frozen features)")
     print(f"{'':24s}{'kNN':>8s}{'linear':>8s}")

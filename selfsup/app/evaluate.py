@@ -19,7 +19,9 @@ from ..eval import features as feat
 from ..eval.knn import choose_k, knn_accuracy
 from ..eval.linear import linear_probe
 from ..runs import load_backbone, run_config
+from ..progress import bar
 from .device import pick_device
+from .tblog import log_evaluation
 
 __all__ = ["PROTOCOLS", "evaluate", "eval_splits", "select_layer", "load_backbone", "run_config"]
 
@@ -48,11 +50,13 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
              baseline: str | None = None, backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0,
              k: int | None = None, temperature: float = 0.1, layer: int | None = None, pool: str | None = None,
              device: str = "auto", data_dir: str | None = None, download: bool = False, out: str | Path | None = None,
-             batch_size: int = 512, on: str = "test") -> dict:
+             batch_size: int = 512, on: str = "test", progress: bool | None = None) -> dict:
     """Evaluate a run's backbone (``checkpoint``) or a ``baseline`` ("random" | "pixels") with each protocol.
 
     Returns {protocol: result dict}; writes one JSON per protocol when ``out`` is given (a folder,
-    or a file when there is one protocol) or when evaluating a run folder (its ``eval/``).
+    or a file when there is one protocol) or when evaluating a run folder (its ``eval/``, and its
+    TensorBoard log when it has one). ``progress``: bars for the features, kNN and the linear
+    probe on stderr (None: when stderr is a terminal; False: never).
     """
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
     for p in protocols:
@@ -76,7 +80,7 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     t0 = time.time()
     if baseline == "pixels":
         mean, std = train.mean_std()
-        fx = lambda images: feat.raw_pixels(images, mean, std)  # noqa: E731
+        fx = lambda images, what: feat.raw_pixels(images, mean, std, progress=progress, desc=f"pixels ({what})")  # noqa: E731
         subject = {"baseline": "pixels"}
     else:
         if baseline == "random":
@@ -90,13 +94,14 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
             subject = {"checkpoint": str(checkpoint), "backbone": encoder.meta["backbone"], "method": encoder.meta.get("method")}
             if encoder.meta["in_chans"] != train.channels:
                 raise SelfSupError(f"--data {dataset.name}: has {train.channels} channel(s) but the backbone was trained on {encoder.meta['in_chans']}")
-        fx = lambda images: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool)  # noqa: E731
+        fx = lambda images, what: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool,  # noqa: E731
+                                               progress=progress, desc=f"features ({what})")
     selection = None
     if layer == "auto":
         if baseline == "pixels":
             raise SelfSupError("--layer auto: raw pixels have no layers")
-        layer, pool, selection = select_layer(encoder, bank, k or LAYER_K, temperature, seed, batch_size, dev)
-    bank_x, test_x = fx(bank.images), fx(test.images)
+        layer, pool, selection = select_layer(encoder, bank, k or LAYER_K, temperature, seed, batch_size, dev, progress)
+    bank_x, test_x = fx(bank.images, "train"), fx(test.images, on)
     feat_s = time.time() - t0
     common = {"data": spec, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
               "n_test": len(test), "feature_dim": bank_x.shape[1], "layer": layer, "pool": pool, **subject}
@@ -110,19 +115,22 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
             chosen, k_search = (k, None) if k is not None else \
                 choose_k(bank_x, bank.labels, temperature, train.num_classes, seed)
             acc = knn_accuracy(bank_x, bank.labels, test_x, test.labels, k=chosen, temperature=temperature,
-                               num_classes=train.num_classes)
+                               num_classes=train.num_classes, progress=progress)
             res = {"protocol": "knn", "accuracy": acc, "k": min(chosen, len(bank)), "temperature": temperature,
                    "similarity": "cosine"}
             if k_search is not None:
                 res["k_search"] = k_search   # validation accuracy of each candidate k (a held-out sixth of the bank)
         else:
-            lin = linear_probe(bank_x, bank.labels, test_x, test.labels, num_classes=train.num_classes, seed=seed)
+            lin = linear_probe(bank_x, bank.labels, test_x, test.labels, num_classes=train.num_classes, seed=seed,
+                               progress=progress)
             res = {"protocol": "linear", **lin, "standardised": True, "solver": "L-BFGS logistic regression"}
         res.update(common)
         res["seconds"] = round(feat_s + time.time() - t1, 2)
         res["provenance"] = prov
         results[p] = res
     _write(results, out, checkpoint, label_fraction, layer, runs.foreign_tag(checkpoint, spec))
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        log_evaluation(checkpoint, results)
     return results
 
 
@@ -130,7 +138,8 @@ LAYER_K = 20        # the kNN k that scores candidate stages when --k is not giv
 SELECT_N = 10_000   # labelled images the stage selection looks at, at most (a stratified subset)
 
 
-def select_layer(encoder, bank, k: int, temperature: float, seed: int, batch_size: int, dev) -> tuple:
+def select_layer(encoder, bank, k: int, temperature: float, seed: int, batch_size: int, dev,
+                 progress: bool | None = None) -> tuple:
     """The (layer, pool) whose kNN accuracy is best on a validation sixth of the labelled ``bank``
     (of a stratified subset of at most SELECT_N of it, for speed).
 
@@ -140,11 +149,13 @@ def select_layer(encoder, bank, k: int, temperature: float, seed: int, batch_siz
         bank = label_subset(bank, SELECT_N / len(bank), seed)
     choices = feat.candidates(encoder)
     fit_idx, val_idx = stratified_split(bank.labels, len(bank), 1 / 6, seed)
-    feats = feat.extract_many(encoder, bank.images, choices, batch_size, dev)
+    feats = feat.extract_many(encoder, bank.images, choices, batch_size, dev, progress=progress,
+                              desc=f"features ({len(choices)} layers)")
     scores = {}
-    for c, x in feats.items():
+    for c, x in bar(feats.items(), progress=progress, desc="layer selection (kNN)", unit="layer"):
         scores[c] = knn_accuracy(x[fit_idx], bank.labels[fit_idx], x[val_idx], bank.labels[val_idx],
-                                 k=min(k, len(fit_idx)), temperature=temperature, num_classes=bank.num_classes)
+                                 k=min(k, len(fit_idx)), temperature=temperature, num_classes=bank.num_classes,
+                                 progress=False)
     best = max(choices, key=lambda c: scores[c])  # ties -> the earliest candidate
     return (*best, {f"{c[0] or 'final'}/{c[1] or 'default'}": round(v, 4) for c, v in scores.items()})
 

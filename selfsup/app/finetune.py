@@ -18,8 +18,10 @@ from pathlib import Path
 from ..data.datasets import DatasetSplits, ImageSet, label_subset, stratified_split
 from .. import runs
 from ..errors import SelfSupError
+from ..progress import bar
 from ..runs import load_backbone
 from .evaluate import eval_splits
+from .tblog import log_evaluation
 
 
 FT_LRS = (3e-4, 1e-3, 3e-3, 1e-2)   # AdamW peak rates: a log grid spanning 33x, extended once at an edge
@@ -66,17 +68,20 @@ def search_lr(lrs, score, extend: bool = True) -> tuple[float, dict, float | Non
     return best, scores, extended
 
 
-def _train_and_score(labelled: ImageSet, scored: ImageSet, settings: dict, run_dir: Path | None) -> tuple[float, object]:
+def _train_and_score(labelled: ImageSet, scored: ImageSet, settings: dict, run_dir: Path | None,
+                     progress: bool | None = False) -> tuple[float, object]:
     from .train import train
-    res = train("supervised", data=labelled, out=run_dir, overwrite=True, progress=False, **settings)
+    res = train("supervised", data=labelled, out=run_dir, overwrite=True, progress=progress, **settings)
     pred = res.method.predict(scored.images)
     return float((pred == scored.labels).float().mean()), res
 
 
 def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | None = None, baseline: str | None = None,
              backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0, lrs=None, steps: int | None = None,
-             epochs: float | None = None, time_limit: float = 0.0, extend: bool = True, batch_size: int | None = None, on: str = "test", device: str = "auto",
-             data_dir: str | None = None, download: bool = False, out: str | Path | None = None, **settings) -> dict:
+             epochs: float | None = None, time_limit: float = 0.0, extend: bool = True, batch_size: int | None = None,
+             on: str = "test", device: str = "auto",
+             data_dir: str | None = None, download: bool = False, out: str | Path | None = None,
+             progress: bool | None = None, **settings) -> dict:
     """Fine-tune a run's backbone (``checkpoint``) or train ``baseline="supervised"`` from scratch;
     return (and write) the test accuracy with the learning rate chosen on validation.
 
@@ -85,7 +90,9 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
     :func:`default_steps`), or ``epochs``, or ``time_limit`` (minutes); the warm-up and the decay
     follow the run's own length under each. ``settings`` (``backbone_lr_scale``, ``layer_decay``,
     ``freeze_stages``, ``crop_min``, ...) pass to the training. The result carries ``short``: why
-    the run was too short to converge, or None."""
+    the run was too short to converge, or None. ``progress``: a bar of the training runs (each lr
+    candidate, then the final run) over each run's own bar, on stderr (None: when stderr is a
+    terminal; False: never)."""
     if (checkpoint is None) == (baseline is None):
         raise SelfSupError("give either --checkpoint RUN_DIR or --baseline supervised")
     if baseline not in (None, "supervised"):
@@ -121,15 +128,28 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
     if any(x <= 0 for x in lrs):
         raise SelfSupError(f"--lrs {lrs}: learning rates must be positive")
     t0 = time.time()
-    search, extended = {}, None
-    if len(lrs) > 1:
-        fit_idx, val_idx = stratified_split(labelled.labels, len(labelled), 1 / 6, seed)
-        fit, val = labelled.subset(fit_idx), labelled.subset(val_idx)
-        best, search, extended = search_lr(lrs, lambda lr: _train_and_score(fit, val, {**common, "lr": lr}, None)[0],
-                                           extend=extend)
-    else:
-        best = lrs[0]
-    acc, res = _train_and_score(labelled, test, {**common, "lr": best}, None)
+    what = "fine-tune" if checkpoint is not None else "supervised"
+    with bar(total=len(lrs) + 1 if len(lrs) > 1 else 1, progress=progress, desc=what, unit="run") as shown:
+        search, extended = {}, None
+        if len(lrs) > 1:
+            fit_idx, val_idx = stratified_split(labelled.labels, len(labelled), 1 / 6, seed)
+            fit, val = labelled.subset(fit_idx), labelled.subset(val_idx)
+            tried: dict = {}
+
+            def score(lr: float) -> float:
+                if len(tried) >= len(lrs):   # the grid extends past an edge: one more run
+                    shown.total += 1
+                shown.set_description_str(f"{what} lr search {len(tried) + 1} (lr {lr:g})")
+                tried[f"{lr:g}"] = _train_and_score(fit, val, {**common, "lr": lr}, None, progress)[0]
+                shown.set_postfix_str(", ".join(f"lr {k}: {v:.3f}" for k, v in tried.items()), refresh=False)
+                shown.update(1)
+                return tried[f"{lr:g}"]
+            best, search, extended = search_lr(lrs, score, extend=extend)
+        else:
+            best = lrs[0]
+        shown.set_description_str(f"{what} final run (lr {best:g})")
+        acc, res = _train_and_score(labelled, test, {**common, "lr": best}, None, progress)
+        shown.update(1)
     epochs_run = res.steps * res.config.batch_size / len(labelled)
     short = too_short(res.steps, epochs_run)
     result = {"protocol": "finetune", "accuracy": acc, "lr": best, "lr_search": search, "lr_extended": extended,
@@ -149,4 +169,6 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         path.parent.mkdir(parents=True, exist_ok=True)
         runs.write_json(path, result)
         result["written_to"] = str(path)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        log_evaluation(checkpoint, {"finetune": result})
     return result

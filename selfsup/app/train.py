@@ -2,8 +2,9 @@
 
 ``train`` resolves the config (global defaults < the method's small-image defaults < overrides),
 builds the method around a seeded backbone, prepares it (caption tokenizer, data statistics),
-runs :func:`selfsup.engine.fit` with the online monitor as a hook, and writes the run folder:
-config.json, provenance.json, the backbone, the method's own files and its pictures.
+runs :func:`selfsup.engine.fit` with the online monitor as a hook and TensorBoard as a metrics
+sink (``selfsup.app.tblog``), and writes the run folder: config.json, provenance.json, the
+backbone, the method's own files and its pictures (also added to TensorBoard).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..eval.monitor import make_monitor, parse_protocols
 from ..methods import Method, get_method
 from ..runs import load_backbone, load_checkpoint, save_backbone
 from .device import pick_device
+from .tblog import TensorBoardSink, check_logger, wanted as tensorboard_wanted
 
 __all__ = ["resolve_config", "run_configs", "validate", "as_image_set", "build_method", "backbone_meta", "prepare_method",
            "write_pictures", "train", "load_method", "RunResult", "BatchSource", "data_info", "fit", "pick_device"]
@@ -65,6 +67,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise SelfSupError(f"--device {cfg.device}: expected auto, cpu or cuda")
     parse_protocols(cfg.monitor)
+    check_logger(cfg.logger)
     if cfg.backbone not in models.BACKBONES:
         raise SelfSupError(f"--backbone {cfg.backbone}: unknown backbone (known: {', '.join(models.BACKBONES)})")
 
@@ -157,12 +160,14 @@ def write_pictures(method: Method, images, run_dir: Path, seed: int) -> list[Pat
 
 
 def train(method: str | None = None, data=None, out: str | Path | None = None, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, **overrides) -> RunResult:
+          overwrite: bool = False, progress: bool | None = None, **overrides) -> RunResult:
     """Pretrain ``method`` on ``data`` (a dataset spec, DatasetSplits, ImageSet, uint8 tensor or torch
     Dataset) and write the run folder ``out`` (nothing is written when ``out`` is None).
 
     ``overrides`` set TrainConfig fields (epochs, lr, backbone, ...) or the method's Config fields.
     ``method`` defaults to "simclr" for a new run and to the checkpoint's on ``resume``.
+    ``progress``: the training bar on stderr; None (default) shows it when stderr is a terminal.
+    ``logger="tensorboard"|"none"|"auto"``: TensorBoard event files in ``out/tensorboard/``.
     """
     if resume:
         if out is None:
@@ -201,13 +206,25 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
         prepare_method(method_module, images, cfg.seed)
     source = BatchSource(images, cfg.batch_size * cfg.accumulate, cfg.seed, rank, world, cfg.num_workers)
     monitor = make_monitor(cfg, source.data, source.steps_per_epoch) if rank == 0 else None
-    result = fit(method_module, source, cfg, run_dir, device, resume_state=saved, progress=progress, method_cfg=method_cfg,
-                 hooks=[monitor] if monitor else [], extra_state={"backbone_meta": backbone_meta(cfg, info, method_cfg)})
-    if run_dir is not None and rank == 0:
-        save_backbone(method_module.export_backbone(), backbone_meta(cfg, info), run_dir / "backbone.safetensors")
-        for name, text in method_module.run_files().items():
-            (run_dir / name).write_text(text)
-        write_pictures(method_module, images, run_dir, cfg.seed)
+    sink = None
+    if run_dir is not None and rank == 0 and tensorboard_wanted(cfg.logger):
+        # a resumed run drops what the interrupted process logged after its checkpoint's step
+        sink = TensorBoardSink(run_dir, purge_step=int(saved["step"]) if saved is not None else None)
+    try:
+        result = fit(method_module, source, cfg, run_dir, device, resume_state=saved, progress=progress,
+                     method_cfg=method_cfg, hooks=[monitor] if monitor else [], sinks=[sink] if sink else [],
+                     extra_state={"backbone_meta": backbone_meta(cfg, info, method_cfg)})
+        if run_dir is not None and rank == 0:
+            save_backbone(method_module.export_backbone(), backbone_meta(cfg, info), run_dir / "backbone.safetensors")
+            for name, text in method_module.run_files().items():
+                (run_dir / name).write_text(text)
+            pictures = write_pictures(method_module, images, run_dir, cfg.seed)
+            if sink is not None:
+                for path in pictures:
+                    sink.add_picture(path, result.steps)
+    finally:
+        if sink is not None:
+            sink.close()
     return result
 
 

@@ -1,7 +1,9 @@
 """The one training loop. It knows optimisers, schedules, precision, checkpoints and DDP, and
 nothing about any method: a method is a module whose ``forward(batch)`` returns ``(loss, logs)``
 (with ``progress``, ``after_step`` and ``optimizer_groups`` as :class:`selfsup.methods.Method`
-declares them). What else runs during training (the online monitor) comes in as hooks.
+declares them). What else runs during training comes in from the app layer: hooks (the online
+monitor), which may return a metrics row of their own, and metrics sinks (TensorBoard), which
+receive every metrics row as metrics.jsonl does.
 
 Randomness is a pure function of (seed, step, rank): the data order of epoch e comes from a
 generator seeded with (seed, e), and the global RNG is reseeded before every step, so a run
@@ -15,7 +17,8 @@ Each step, in this order (exact resume depends on it; ``tests/test_engine.py`` p
 4. a finite step: clip, optimiser step, ``method.after_step``. A non-finite one: skipped (counted,
    and the count saved in every checkpoint) up to ``cfg.skip_nonfinite``, then an error naming
    the last good checkpoint;
-5. the step counter, the metrics row, the hooks (which leave the RNG as they found it);
+5. the step counter, the metrics row, the hooks (which leave the RNG as they found it); every row,
+   the loop's or a hook's, goes to metrics.jsonl and to each sink;
 6. the checkpoint clocks: every ``checkpoint_every_steps`` steps or ``checkpoint_every_minutes``,
    and at the end of each full epoch;
 7. the stop: ``total`` steps, or the time limit by the slowest process's clock.
@@ -44,9 +47,21 @@ from .optim import build_optimizer
 
 class Hook(Protocol):
     """Something that runs after each optimiser step on the main process (the online monitor).
-    It must leave the RNG and every module's train/eval mode as it found them."""
+    It must leave the RNG and every module's train/eval mode as it found them. A dict it returns
+    is a metrics row (with its own "step"), logged like the loop's rows."""
 
-    def after_step(self, method: nn.Module, step: int, steps_per_epoch: int, device: torch.device, metrics) -> None:
+    def after_step(self, method: nn.Module, step: int, steps_per_epoch: int, device: torch.device,
+                   metrics) -> dict | None:
+        ...
+
+
+class MetricsSink(Protocol):
+    """Where metrics rows go besides metrics.jsonl (an experiment logger such as TensorBoard), on
+    the main process only. ``write`` gets each row as it is written to metrics.jsonl: a dict with
+    "step" and numbers (loss, lr, images_per_s, the method's logs, a hook's scores). The caller
+    that made the sink opens and closes it; ``fit`` only writes to it."""
+
+    def write(self, row: dict) -> None:
         ...
 
 
@@ -84,10 +99,12 @@ class LoopState:
 
 
 def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path | None, device: torch.device,
-        resume_state: dict | None = None, progress: bool = True, method_cfg=None, hooks: list[Hook] | tuple = (),
-        extra_state: dict | None = None) -> RunResult:
+        resume_state: dict | None = None, progress: bool | None = True, method_cfg=None, hooks: list[Hook] | tuple = (),
+        extra_state: dict | None = None, sinks: list[MetricsSink] | tuple = ()) -> RunResult:
     """Train ``method`` on ``source`` for ``cfg.epochs`` (or ``cfg.time_limit`` minutes). ``hooks``
-    run after each step on the main process; ``extra_state`` is saved in every checkpoint."""
+    run after each step on the main process; ``sinks`` get every metrics row on the main process;
+    ``extra_state`` is saved in every checkpoint. ``progress``: True shows the bar, False hides
+    it, None shows it when stderr is a terminal."""
     rank, world = source.rank, source.world
     main = rank == 0
     method, model = _place(method, cfg, device, world)
@@ -111,7 +128,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
             st.last_good = st.step
         st.last_ckpt_time = time.time()
 
-    log = _Log(run_dir if main else None, cfg, st, total, progress and main)
+    log = _Log(run_dir if main else None, cfg, st, total, progress if main else False, sinks if main else ())
     st.t0 = st.last_ckpt_time = st.window_t = time.time()
     method.train()
     try:
@@ -121,7 +138,9 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
                 st.step += 1
                 log.step_done(finite, optimizer, source.global_batch, spe)
                 for hook in (hooks if main else ()):
-                    hook.after_step(method, st.step, spe, device, log.metrics)
+                    extra = hook.after_step(method, st.step, spe, device, log.metrics)
+                    if extra:
+                        log.write(extra)
                 if (cfg.checkpoint_every_steps and st.step % cfg.checkpoint_every_steps == 0) or \
                         (cfg.checkpoint_every_minutes and time.time() - st.last_ckpt_time > cfg.checkpoint_every_minutes * 60):
                     checkpoint()
@@ -212,19 +231,28 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
 
 
 class _Log:
-    """metrics.jsonl rows (each the mean of the finite steps since the previous row) and the progress bar."""
+    """metrics.jsonl rows (each the mean of the finite steps since the previous row), the sinks and
+    the progress bar."""
 
-    def __init__(self, run_dir: Path | None, cfg: TrainConfig, st: LoopState, total: int, progress: bool):
-        self.cfg, self.st, self.total = cfg, st, total
+    def __init__(self, run_dir: Path | None, cfg: TrainConfig, st: LoopState, total: int, progress: bool | None,
+                 sinks=()):
+        self.cfg, self.st, self.total, self.sinks = cfg, st, total, list(sinks)
         self.metrics = open(run_dir / "metrics.jsonl", "a") if run_dir else None
         self.bar = None
-        if progress:
+        if progress is not False:
             from tqdm.auto import tqdm
+            # None: only on a terminal (tqdm's disable=None); leave=None: a bar nested under another
+            # (fine-tuning's lr search) disappears when done, a top-level one stays
+            quiet = None if progress is None else False
             if cfg.time_limit:  # a wall-clock budget: the bar counts seconds, not the (huge) step cap
                 self.bar = tqdm(total=round(cfg.time_limit * 60), initial=round(st.elapsed_before), desc=f"{cfg.method}",
-                                unit="s", dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s{postfix}")
+                                unit="s", dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s{postfix}",
+                                disable=quiet, leave=None)
             else:
-                self.bar = tqdm(total=total, initial=st.step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True)
+                self.bar = tqdm(total=total, initial=st.step, desc=f"{cfg.method}", unit="step", dynamic_ncols=True,
+                                disable=quiet, leave=None)
+            if self.bar.disable:
+                self.bar = None
 
     def step_done(self, finite: bool, optimizer, global_batch: int, spe: int) -> None:
         st = self.st
@@ -243,12 +271,18 @@ class _Log:
                "images_per_s": st.rate, "elapsed_s": st.elapsed_before + now - st.t0,
                **{k: v / st.window_good for k, v in st.window_logs.items()},
                **({"skipped_nonfinite": st.skipped} if st.skipped else {})}
-        if self.metrics:
-            self.metrics.write(json.dumps(row) + "\n")
-            self.metrics.flush()
+        self.write(row)
         if self.bar:
             self.bar.set_postfix(loss=f"{st.last_loss:.4f}", img_s=f"{st.rate:.0f}")
         st.window_t, st.window_steps, st.window_good, st.window_loss, st.window_logs = now, 0, 0, 0.0, {}
+
+    def write(self, row: dict) -> None:
+        """One row to metrics.jsonl and to every sink."""
+        if self.metrics:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+        for sink in self.sinks:
+            sink.write(row)
 
     def close(self) -> None:
         if self.bar:

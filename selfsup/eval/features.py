@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SelfSupError
+from ..progress import bar
 
 
 GRID_DIMS = 512  # "grid" pooling keeps at most this many numbers of a feature map (the linear probe is memory-bound on wide features)
@@ -42,8 +43,9 @@ def _pool(backbone: nn.Module, f: torch.Tensor, layer: int | None, pool: str | N
 
 @torch.no_grad()
 def extract_many(encoder: nn.Module, images: torch.Tensor, choices, batch_size: int = 512,
-                 device: str | torch.device = "cpu") -> dict:
-    """{(layer, pool): (N, D) features} for several choices from one pass per batch."""
+                 device: str | torch.device = "cpu", progress: bool | None = None, desc: str = "features") -> dict:
+    """{(layer, pool): (N, D) features} for several choices from one pass per batch. ``progress``:
+    a bar of images done, with images/s (None: when stderr is a terminal; see selfsup.progress)."""
     was_training = encoder.training
     encoder.eval().to(device)
     bb = encoder.backbone
@@ -51,33 +53,45 @@ def extract_many(encoder: nn.Module, images: torch.Tensor, choices, batch_size: 
         if layer is not None and not 1 <= layer <= bb.num_stages:
             raise SelfSupError(f"--layer {layer}: this backbone has stages 1 to {bb.num_stages}")
     out = {c: [] for c in choices}
+    shown = bar(total=len(images), progress=progress, desc=desc, unit="img", unit_scale=True)
     try:
         for i in range(0, len(images), batch_size):
-            stages = bb.forward_stages(encoder.normalize(images[i:i + batch_size].to(device)))
+            x = images[i:i + batch_size]
+            stages = bb.forward_stages(encoder.normalize(x.to(device)))
             for layer, pool in choices:
                 f = stages[(layer or len(stages)) - 1]
                 out[(layer, pool)].append(_pool(bb, f, layer, pool).float().cpu())
+            shown.update(len(x))
     finally:
+        shown.close()
         encoder.train(was_training)
     return {c: torch.cat(v) for c, v in out.items()}
 
 
 @torch.no_grad()
 def extract(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu",
-            layer: int | None = None, pool: str | None = None) -> torch.Tensor:
+            layer: int | None = None, pool: str | None = None, progress: bool | None = None,
+            desc: str = "features") -> torch.Tensor:
     """Embeddings (N, D) of uint8 images (N, C, H, W).
 
     ``encoder`` is a :class:`selfsup.models.Encoder`. ``layer`` picks an earlier stage (ResNet
     stage or ViT block, 1-based); ``pool`` is "avg" | "grid" for a ResNet map (:func:`pool_map`)
     or "cls" | "mean" for a ViT's tokens. The encoder's train/eval mode is restored afterwards.
+    ``progress``: a bar of images done and images/s on stderr (None: only when it is a terminal).
     """
-    return extract_many(encoder, images, [(layer, pool)], batch_size, device)[(layer, pool)]
+    return extract_many(encoder, images, [(layer, pool)], batch_size, device, progress, desc)[(layer, pool)]
 
 
-def raw_pixels(images, mean, std, batch_size: int = 4096) -> torch.Tensor:
+def raw_pixels(images, mean, std, batch_size: int = 4096, progress: bool | None = None,
+               desc: str = "pixels") -> torch.Tensor:
     """The raw-pixel baseline's features: normalised pixels, flattened (N, C*H*W). ``images`` is
     uint8 (N, C, H, W) or a streamed split's images (read a batch at a time)."""
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    return torch.cat([((images[i:i + batch_size].float().div(255) - m) / s).flatten(1)
-                      for i in range(0, len(images), batch_size)])
+    out = []
+    with bar(total=len(images), progress=progress, desc=desc, unit="img", unit_scale=True) as shown:
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size]
+            out.append(((x.float().div(255) - m) / s).flatten(1))
+            shown.update(len(x))
+    return torch.cat(out)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.datasets import stratified_split
+from ..progress import bar
 
 K_GRID = (5, 10, 20, 50, 100, 200)
 
@@ -35,14 +36,30 @@ def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: tor
 
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int = 200,
-                temperature: float = 0.1, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
-    """Predicted labels (M,) for ``queries`` (M, D) given a labelled ``bank`` (N, D)."""
-    return next(iter(knn_predict_many(bank, bank_labels, queries, [k], temperature, num_classes, chunk).values()))
+                temperature: float = 0.1, num_classes: int | None = None, chunk: int = 1024,
+                progress: bool | None = None, desc: str = "kNN") -> torch.Tensor:
+    """Predicted labels (M,) for ``queries`` (M, D) given a labelled ``bank`` (N, D); ``progress``:
+    a bar of queries done (None: when stderr is a terminal)."""
+    num_classes = num_classes or int(bank_labels.max()) + 1
+    bank = F.normalize(bank.float(), dim=1)
+    k = min(k, len(bank))
+    preds = []
+    shown = bar(total=len(queries), progress=progress, desc=f"{desc} k={k}", unit="query", unit_scale=True)
+    for i in range(0, len(queries), chunk):
+        q = F.normalize(queries[i:i + chunk].float(), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)                      # (m, k)
+        weights = (sim / temperature).exp()
+        votes = torch.zeros(len(q), num_classes)
+        votes.scatter_add_(1, bank_labels[idx], weights)
+        preds.append(votes.argmax(dim=1))
+        shown.update(len(q))
+    shown.close()
+    return torch.cat(preds)
 
 
 def knn_accuracy(bank, bank_labels, queries, query_labels, k: int = 200, temperature: float = 0.1,
-                 num_classes: int | None = None) -> float:
-    pred = knn_predict(bank, bank_labels, queries, k, temperature, num_classes)
+                 num_classes: int | None = None, progress: bool | None = None, desc: str = "kNN") -> float:
+    pred = knn_predict(bank, bank_labels, queries, k, temperature, num_classes, progress=progress, desc=desc)
     return float((pred == query_labels).float().mean())
 
 

@@ -49,10 +49,12 @@ class Monitor:
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
-    def after_step(self, method, step: int, steps_per_epoch: int, device: torch.device, metrics=None) -> None:
-        """The engine's hook (:class:`selfsup.engine.loop.Hook`): score when due."""
-        if self.due(step):
-            self.run(method, step, steps_per_epoch, device, metrics)
+    def after_step(self, method, step: int, steps_per_epoch: int, device: torch.device, metrics=None) -> dict | None:
+        """The engine's hook (``selfsup.engine.loop.Hook``): score when due and return the row, which
+        the loop writes to metrics.jsonl and to its sinks (TensorBoard)."""
+        if not self.due(step):
+            return None
+        return self.run(method, step, steps_per_epoch, device)
 
     def run(self, method, step: int, steps_per_epoch: int, device: torch.device, metrics=None) -> dict:
         """Score ``method``'s backbone now; write the row to the open ``metrics`` file, if any, and return it."""
@@ -61,15 +63,16 @@ class Monitor:
         encoder = models.Encoder(method.export_backbone(), method.data.mean, method.data.std, type(method).input_space)
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                bank_x = extract(encoder, self.bank.images, device=device)
-                query_x = extract(encoder, self.queries.images, device=device)
+                bank_x = extract(encoder, self.bank.images, device=device, progress=False)
+                query_x = extract(encoder, self.queries.images, device=device, progress=False)
                 scores = {}
                 if "knn" in self.protocols:
                     scores["monitor_knn"] = knn_accuracy(bank_x, self.bank.labels, query_x, self.queries.labels,
-                                                         num_classes=self.bank.num_classes)
+                                                         num_classes=self.bank.num_classes, progress=False)
                 if "linear" in self.protocols:
                     scores["monitor_linear"] = linear_probe(bank_x, self.bank.labels, query_x, self.queries.labels,
-                                                            num_classes=self.bank.num_classes, seed=self.seed)["accuracy"]
+                                                            num_classes=self.bank.num_classes, seed=self.seed,
+                                                            progress=False)["accuracy"]
         finally:
             for m, training in modes:  # exactly as before: a method may keep a teacher in eval mode
                 m.training = training

@@ -20,7 +20,7 @@ __all__ = ["RUN_FILES", "RUN_DIRS", "prepare", "write_json", "git_commit", "prov
 
 RUN_FILES = ("config.json", "provenance.json", "metrics.jsonl", "checkpoint.pt", "backbone.safetensors", "report.html",
              "tokenizer.json")
-RUN_DIRS = ("pictures", "eval")
+RUN_DIRS = ("pictures", "eval", "tensorboard")
 
 
 def prepare(out: Path, resume: bool, overwrite: bool) -> Path:
