@@ -53,7 +53,7 @@ def extract_many(encoder: nn.Module, images: torch.Tensor, choices, batch_size: 
         if layer is not None and not 1 <= layer <= bb.num_stages:
             raise SelfSupError(f"--layer {layer}: this backbone has stages 1 to {bb.num_stages}")
     out = {c: [] for c in choices}
-    shown = bar(total=len(images), progress=progress, desc=desc, unit="img", unit_scale=True)
+    shown = bar(total=len(images), progress=progress, desc=desc, unit="img")
     try:
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size]
@@ -89,7 +89,7 @@ def raw_pixels(images, mean, std, batch_size: int = 4096, progress: bool | None 
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     out = []
-    with bar(total=len(images), progress=progress, desc=desc, unit="img", unit_scale=True) as shown:
+    with bar(total=len(images), progress=progress, desc=desc, unit="img") as shown:
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size]
             out.append(((x.float().div(255) - m) / s).flatten(1))

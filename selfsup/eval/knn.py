@@ -44,7 +44,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     bank = F.normalize(bank.float(), dim=1)
     k = min(k, len(bank))
     preds = []
-    shown = bar(total=len(queries), progress=progress, desc=f"{desc} k={k}", unit="query", unit_scale=True)
+    shown = bar(total=len(queries), progress=progress, desc=f"{desc} k={k}", unit="query")
     for i in range(0, len(queries), chunk):
         q = F.normalize(queries[i:i + chunk].float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)                      # (m, k)
