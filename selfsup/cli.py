@@ -340,6 +340,9 @@ def _bench(args) -> int:
     import shlex
 
     from .app.bench import bench, failed, markdown, record_section
+    from .atomic import check_writable
+    if not args.no_record:
+        check_writable(args.record, "--record", "file")   # before the bench, not after it
     summary = bench(methods=args.methods, data=args.data, budget=args.budget, seeds=args.seeds, out=args.out,
                     data_dir=args.data_dir, progress=False if args.no_progress else None)
     body = markdown(summary)

@@ -1,10 +1,19 @@
 """Typed configs. ``TrainConfig`` holds what the engine needs; each method has its own ``Config``
 dataclass. Overrides (``--set key=value``, a JSON/YAML file) are checked against the dataclass:
-an unknown key or a value of the wrong type is a one-line error naming it."""
+an unknown key or a value of the wrong type is a one-line error naming it.
+
+Each config dataclass declares the valid range of its settings in a class attribute ``ranges``
+(``{"temperature": "> 0", "mask_ratio": "(0, 1)", "loss": ("classification", "regression")}``):
+a bound ("> 0", ">= 1"), an interval ("[0, 1)"), or a tuple of the allowed strings.
+:func:`check_ranges` checks every field against it when the config is resolved, before any data is
+loaded, so a wrong value is one line naming the option and its range: ``--set temperature=0: must
+be > 0``. Checks that involve two settings or the data stay with the method."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -48,6 +57,15 @@ class TrainConfig:
     monitor_every: float = 0.0              # epochs between online kNN/linear scores in metrics.jsonl; 0 = off
     monitor: str = "knn"                    # what the online monitor scores: knn | linear | knn,linear
     logger: str = "auto"                    # experiment logger: auto (tensorboard when installed) | tensorboard | none
+
+    ranges = {   # valid values of each setting (see check_ranges); method, data, data_dir, device, monitor and
+                 # backbone are checked by name where they are resolved
+        "epochs": "> 0", "batch_size": ">= 1", "accumulate": ">= 1", "optimizer": ("adamw", "sgd", "lars"),
+        "lr": "> 0", "weight_decay": ">= 0", "momentum": "[0, 1)", "beta2": "[0, 1)", "warmup_epochs": ">= 0",
+        "min_lr_ratio": "[0, 1]", "grad_clip": ">= 0", "skip_nonfinite": ">= 0", "time_limit": ">= 0", "seed": ">= 0",
+        "subset": ">= 0", "checkpoint_every_steps": ">= 0", "checkpoint_every_minutes": ">= 0", "log_every": ">= 1",
+        "num_workers": ">= 0", "monitor_every": ">= 0", "steps": ">= 0", "warmup_max": "[0, 1]",
+    }
 
 
 def _convert(value, typ, key: str):
@@ -146,6 +164,60 @@ def read_config_file(path: str) -> dict:
         else:
             flat[key] = value
     return flat
+
+
+_BOUND = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^\s\])]+)\s*([\])])$")
+
+
+def in_range(value, spec) -> bool:
+    """Whether ``value`` lies in ``spec``: a tuple of allowed values, a bound ("> 0", ">= 1") or an
+    interval ("[0, 1)"). NaN and infinities are in no numeric range."""
+    if isinstance(spec, tuple):
+        return value in spec
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if m := _BOUND.match(spec):
+        op, bound = m.group(1), float(m.group(2))
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    if m := _INTERVAL.match(spec):
+        lo, hi = float(m.group(2)), float(m.group(3))
+        above = value >= lo if m.group(1) == "[" else value > lo
+        below = value <= hi if m.group(4) == "]" else value < hi
+        return above and below
+    raise ValueError(f"not a range: {spec!r}")
+
+
+def describe_range(spec) -> str:
+    """``"> 0"`` -> "> 0"; ``"[0, 1)"`` -> "in [0, 1)"; a tuple -> "one of a, b"."""
+    if isinstance(spec, tuple):
+        return "one of " + ", ".join(map(str, spec))
+    return spec if _BOUND.match(spec) else f"in {spec}"
+
+
+def check_ranges(cfg, flags: dict[str, str] | None = None) -> None:
+    """Every field of dataclass ``cfg`` that its class's ``ranges`` names, checked: the first value out
+    of range is a one-line error naming the option (``flags[key]`` where it has a flag of its own,
+    else ``--set key=value``) and the range."""
+    for key, spec in getattr(type(cfg), "ranges", {}).items():
+        value = getattr(cfg, key)
+        if not in_range(value, spec):
+            shown = _show(value)
+            where = f"{flags[key]} {shown}" if flags and key in flags else f"--set {key}={shown}"
+            raise SelfSupError(f"{where}: must be {describe_range(spec)}")
+
+
+def _show(value) -> str:
+    """A value as the user would type it: 0.0 -> "0", 0.25 -> "0.25", nan -> "nan"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def unranged_fields(cls) -> list[str]:
+    """Numeric or string fields of a config dataclass without a declared range (booleans need none)."""
+    declared = getattr(cls, "ranges", {})
+    return [k for k, t in field_types(cls).items() if k not in declared and t in (int, float)]
 
 
 def to_dict(cfg) -> dict:

@@ -148,6 +148,45 @@ ERRORS = {
     "clip-without-captions": (lambda t: ["train", "clip", "--data", str(good_images(t / "imgs"))], ["caption"]),
     "zeroshot-of-a-non-clip-run": (lambda t: ["eval", "zeroshot", "--checkpoint", str(_setup_run(t))], ["text tower"]),
     "finetune-with-pixels": (lambda t: ["eval", "finetune", "--baseline", "pixels", "--data", TINY], ["supervised"]),
+    # every value checked against its declared range before any work (Config.ranges, the loaders' options)
+    "set-temperature-zero": (lambda t: ["train", "simclr", "--data", TINY, "--set", "temperature=0"],
+                             ["--set temperature=0: must be > 0"]),
+    "set-temperature-negative-moco": (lambda t: ["train", "moco", "--data", TINY, "--set", "temperature=-0.2"],
+                                      ["temperature", "> 0"]),
+    "set-probability-above-one": (lambda t: ["train", "simclr", "--data", TINY, "--set", "flip_p=1.5"], ["flip_p", "[0, 1]"]),
+    "set-size-zero": (lambda t: ["train", "simclr", "--data", TINY, "--set", "proj_dim=0"], ["proj_dim", ">= 1"]),
+    "set-mask-ratio-one": (lambda t: ["train", "mae", "--data", TINY, "--set", "mask_ratio=1"], ["mask_ratio", "(0, 1)"]),
+    "set-center-momentum-one": (lambda t: ["train", "dino", "--data", TINY, "--set", "center_momentum=1"],
+                                ["center_momentum", "[0, 1)"]),
+    "set-hole-fraction-zero": (lambda t: ["train", "inpainting", "--data", TINY, "--set", "hole_fraction=0"],
+                               ["hole_fraction", "(0, 1)"]),
+    "set-choice-unknown": (lambda t: ["train", "colorization", "--data", TINY, "--set", "loss=hinge"],
+                           ["loss=hinge", "one of classification, regression"]),
+    "set-jigsaw-grid-four": (lambda t: ["train", "jigsaw", "--data", TINY, "--set", "grid=4"], ["grid=4", "one of 2, 3"]),
+    "set-train-momentum-one": (lambda t: ["train", "simclr", "--data", TINY, "--set", "momentum=1"], ["momentum", "[0, 1)"]),
+    "set-optimizer-unknown": (lambda t: ["train", "simclr", "--data", TINY, "--set", "optimizer=adam"], ["optimizer=adam", "adamw"]),
+    "set-in-config-file-out-of-range": (lambda t: (t / "c.json").write_text(json.dumps({"gray_p": 2}))
+                                        and ["train", "simclr", "--data", TINY, "--config", str(t / "c.json")], ["gray_p", "[0, 1]"]),
+    "lr-nan": (lambda t: ["train", "simclr", "--data", TINY, "--lr", "nan"], ["--lr nan", "> 0"]),
+    "epochs-infinite": (lambda t: ["train", "simclr", "--data", TINY, "--epochs", "inf"], ["--epochs inf", "> 0"]),
+    "negative-seed": (lambda t: ["train", "simclr", "--data", TINY, "--seed", "-1"], ["--seed -1", ">= 0"]),
+    "negative-time-limit": (lambda t: ["train", "simclr", "--data", TINY, "--time-limit", "-5"], ["--time-limit", ">= 0"]),
+    "finetune-setting-out-of-range": (lambda t: ["eval", "finetune", "--baseline", "supervised", "--data", TINY,
+                                                 "--set", "label_smoothing=1"], ["label_smoothing", "[0, 1)"]),
+    "fashion-mnist-n-negative": (lambda t: ["train", "simclr", "--data", "fashion-mnist:n=-3"],
+                                 ["fashion-mnist: option n=-3", "[1, 60000]"]),
+    "fashion-mnist-n-not-a-number": (lambda t: ["train", "simclr", "--data", "fashion-mnist:n=lots"], ["n='lots'", "[1, 60000]"]),
+    "fashion-mnist-n-above-its-size": (lambda t: ["train", "simclr", "--data", "fashion-mnist:n=70000"], ["n=70000", "[1, 60000]"]),
+    "shapes-n-zero": (lambda t: ["train", "simclr", "--data", "shapes:n=0"], ["option n=0", "at least 1"]),
+    "shapes-size-too-small": (lambda t: ["train", "simclr", "--data", "shapes:size=8"], ["option size=8", "at least 16"]),
+    "photos-n-negative": (lambda t: ["train", "simclr", "--data", "photos:n=-1"], ["option n='-1'", ">= 1"]),
+    "folder-test-fraction-one": (lambda t: ["train", "simclr", "--data", f"{good_images(t / 'imgs')}:test_fraction=1"],
+                                 ["test_fraction='1'", "[0, 1)"]),
+    "folder-size-zero": (lambda t: ["train", "simclr", "--data", f"{good_images(t / 'imgs')}:size=0"], ["size='0'", "[1, 4096]"]),
+    "folder-seed-negative": (lambda t: ["train", "simclr", "--data", f"{good_images(t / 'imgs')}:seed=-2"], ["seed='-2'", ">= 0"]),
+    "captions-test-fraction-negative": (lambda t: (good_images(t / "i", 2), (t / "p.csv").write_text("image,caption\ni/good0.png,x\n"))
+                                        and ["train", "clip", "--data", f"{t / 'p.csv'}:test_fraction=-0.5"],
+                                        ["test_fraction='-0.5'", "[0, 1)"]),
 }
 
 
@@ -179,3 +218,63 @@ def test_an_interrupted_run_is_not_overwritten_without_asking(tmp_path, capsys):
     code, err = _run(capsys, ["train", "simclr", "--data", TINY, "--out", str(run), *TRAIN])
     assert code == 2 and "--resume" in err and "--overwrite" in err
     assert (run / "checkpoint.pt").read_bytes() == before          # no lost work
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    """One finished run for the output-path cases (which must fail before touching it)."""
+    base = tmp_path_factory.mktemp("out")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SELFSUP_CACHE", str(base / "cache"))
+        assert main(["train", "simclr", "--data", TINY, "--out", str(base / "done"), *TRAIN]) == 0
+    return base / "done"
+
+
+def a_file(t):
+    (t / "file").write_text("a file, not a folder")
+    return t / "file"
+
+
+# Output paths checked as writable before any work: (argv from (tmp_path, run), words of the one line).
+# /proc takes no new files (not even as root); a path under a file cannot be made.
+OUT_ERRORS = {
+    "train-out-unwritable": (lambda t, r: ["train", "simclr", "--data", TINY, "--out", "/proc/x", *TRAIN],
+                             ["--out /proc/x", "not writable"]),
+    "train-out-under-a-file": (lambda t, r: ["train", "simclr", "--data", TINY, "--out", str(a_file(t) / "run"), *TRAIN],
+                               ["--out", "file", "is not a folder"]),
+    "export-out-unwritable": (lambda t, r: ["export", str(r), "--out", "/proc/x"], ["--out /proc/x", "not writable"]),
+    "export-out-is-a-file": (lambda t, r: ["export", str(r), "--out", str(a_file(t))], ["--out", "is a file, not a folder"]),
+    "embed-out-unwritable": (lambda t, r: ["embed", str(r), "--out", "/proc/x/e.npy"], ["--out /proc/x/e.npy", "not writable"]),
+    "embed-out-is-a-folder": (lambda t, r: ["embed", str(r), "--out", str(t)], []),   # a folder named like no .npy: suffix error
+    "eval-out-unwritable": (lambda t, r: ["eval", "knn", "--checkpoint", str(r), "--out", "/proc/x/knn.json"],
+                            ["--out /proc/x/knn.json", "not writable"]),
+    "eval-baseline-out-unwritable": (lambda t, r: ["eval", "linear", "--baseline", "pixels", "--data", TINY, "--out", "/proc/x"],
+                                     ["--out /proc/x", "not writable"]),
+    "finetune-out-unwritable": (lambda t, r: ["eval", "finetune", "--baseline", "supervised", "--data", TINY,
+                                              "--out", "/proc/x.json"], ["--out /proc/x.json", "not writable"]),
+    "bench-out-unwritable": (lambda t, r: ["bench", "--methods", "rotation", "--data", TINY, "--out", "/proc/x", "--no-record"],
+                             ["--out /proc/x", "not writable"]),
+    "bench-record-unwritable": (lambda t, r: ["bench", "--methods", "rotation", "--data", TINY, "--out", str(t / "b"),
+                                              "--record", "/proc/x.md"], ["--record /proc/x.md", "not writable"]),
+    "report-out-unwritable": (lambda t, r: ["report", str(r), "--out", "/proc/x/report.html"],
+                              ["--out /proc/x/report.html", "not writable"]),
+    "report-out-is-a-folder": (lambda t, r: ["report", str(r), "--out", str(t)], ["--out", "is a folder, not a file"]),
+    "shard-out-unwritable": (lambda t, r: ["data", "shard", TINY, "--out", "/proc/x"], ["--out /proc/x", "not writable"]),
+    "demo-out-unwritable": (lambda t, r: ["demo", "--out", "/proc/x", "--minutes", "0.01", "--data", TINY],
+                            ["--out /proc/x", "not writable"]),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_ERRORS))
+def test_unwritable_output_is_a_one_line_error_before_any_work(case, tmp_path, capsys, done_run):
+    make, words = OUT_ERRORS[case]
+    argv = make(tmp_path, done_run)
+    before = sorted(p.name for p in done_run.rglob("*"))
+    capsys.readouterr()
+    code, err = _run(capsys, argv)
+    assert code == 2, err
+    assert err.startswith("selfsup: error: ") and "\n" not in err and "Traceback" not in err, err
+    for w in words or ["--out"]:
+        assert w in err, (w, err)
+    assert sorted(p.name for p in done_run.rglob("*")) == before        # the run folder untouched
+    assert not list(tmp_path.rglob(".selfsup-probe-*"))                # no probe file left behind

@@ -50,9 +50,9 @@ def test_resume_and_overwrite_flags(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["train", "nosuch", "--data", "shapes"], "unknown method 'nosuch'"),
     (["train", "simclr", "--data", "nosuch-data"], "--data nosuch-data: no such dataset or path"),
-    (["train", "simclr", "--data", "shapes", "--batch-size", "0"], "--batch-size must be positive"),
-    (["train", "simclr", "--data", "shapes", "--epochs", "-1"], "--epochs must be positive"),
-    (["train", "simclr", "--data", "shapes", "--lr", "-0.1"], "--lr must be positive"),
+    (["train", "simclr", "--data", "shapes", "--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    (["train", "simclr", "--data", "shapes", "--epochs", "-1"], "--epochs -1: must be > 0"),
+    (["train", "simclr", "--data", "shapes", "--lr", "-0.1"], "--lr -0.1: must be > 0"),
     (["train", "simclr", "--data", "shapes", "--set", "temprature=0.1"], "unknown setting 'temprature'"),
     (["train", "simclr", "--data", "shapes", "--set", "temperature"], "expected key=value"),
     (["train", "simclr", "--data", "shapes", "--backbone", "vgg"], "unknown backbone"),

@@ -124,10 +124,10 @@ def test_nan_guard_names_step_and_checkpoint(tmp_path, images, monkeypatch):
 
 @pytest.mark.slow
 def test_bad_settings_are_one_line_errors(images):
-    for bad, pattern in [({"batch_size": 0}, "--batch-size must be positive"), ({"epochs": -1}, "--epochs must be positive"),
-                         ({"lr": 0}, "--lr must be positive"), ({"temperature": "hot"}, "temperature=hot: expected float"),
+    for bad, pattern in [({"batch_size": 0}, "--batch-size 0: must be >= 1"), ({"epochs": -1}, "--epochs -1: must be > 0"),
+                         ({"lr": 0}, "--lr 0: must be > 0"), ({"temperature": "hot"}, "temperature=hot: expected float"),
                          ({"no_such_key": 1}, "unknown setting 'no_such_key'"), ({"backbone": "vgg"}, "unknown backbone"),
-                         ({"optimizer": "adam2"}, "unknown optimizer")]:
+                         ({"optimizer": "adam2"}, "--set optimizer=adam2: must be one of adamw, sgd, lars")]:
         with pytest.raises(SelfSupError, match=pattern):
             selfsup.train("simclr", data=images, **{**SETTINGS, **bad})
     with pytest.raises(SelfSupError, match="unknown method 'nope'"):

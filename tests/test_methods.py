@@ -47,18 +47,53 @@ def test_one_training_step_through_the_registry(name, channels):
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_pictures_are_written_as_png_grids(name, tmp_path):
+def test_pictures_have_96px_tiles_and_a_label_per_row(name, tmp_path):
+    """Every method's pictures: tiles of 16-px images enlarged to >= 96 px, one declared label per row
+    (read back from the PNG's text chunks), and the PNG as wide as the label margin plus the tiles."""
     from PIL import Image
 
     from selfsup.data.datasets import ImageSet
+    from selfsup.methods.base import Picture
+    from selfsup.runs.pictures import MIN_TILE, picture_layout
     cfg, mcfg = resolve_config(name, {"backbone": _backbone(name)})
     method = build_method(cfg, mcfg, DataInfo(3, 16, [0.5] * 3, [0.25] * 3, num_classes=2))
+    method.eval()
+    with torch.no_grad():
+        declared = method.pictures(ImageSet(tiny_images(8, 3, 16)).batch(torch.arange(8)))
+    method.train()
     paths = write_pictures(method, ImageSet(tiny_images(12, 3, 16)), tmp_path, seed=0)
     assert method.training, "write_pictures must restore train mode"
     assert paths, f"{name} shows no pictures"   # every method shows what it trains on
     for p in paths:
+        pic = declared[p.stem]
+        assert isinstance(pic, Picture), f"{name}: {p.stem} has no row labels"
+        assert pic.rows and all(r.strip() for r in pic.rows), (name, pic.rows)
+        assert len(pic.images) == 8 * len(pic.rows), (name, p.stem, len(pic.images), pic.rows)   # rows of 8
+        layout = picture_layout(p)
+        assert layout["rows"] == list(pic.rows) and layout["columns"] == 8
+        assert layout["tile"] >= MIN_TILE and layout["tile"] % 16 == 0        # integer nearest-neighbour factor
         w, h = Image.open(p).size
-        assert w == 8 * 16 + 9 and h >= 16, (p, w, h)   # 8 per row, 1-px padding
+        assert layout["margin"] >= 40, layout                                  # room for the labels
+        assert w == layout["margin"] + 8 * layout["tile"] + 9 * 2, (p, w, layout)
+        assert h == len(pic.rows) * layout["tile"] + (len(pic.rows) + 1) * 2, (p, h, layout)
+
+
+def test_picture_labels_are_drawn_in_the_margin():
+    """The margin holds dark text pixels on each labelled row, and is blank without labels."""
+    import numpy as np
+
+    from selfsup.methods.base import Picture
+    from selfsup.runs.pictures import render_picture
+    x = torch.rand(16, 3, 32, 32)
+    image, layout = render_picture(Picture(x, ("grey input", "prediction")))
+    a = np.asarray(image)
+    assert layout["tile"] == 96 and image.width == layout["margin"] + 8 * 96 + 18
+    for r in range(2):
+        band = a[2 + r * 98: 2 + r * 98 + 96, : layout["margin"]]
+        dark = (band.min(-1) < 100).any(1)
+        assert dark.sum() >= 10, f"row {r}: no label text"   # glyphs at least 10 px tall (a 16-px font)
+    plain, layout = render_picture(x)                          # the older contract: rows of 8, no labels
+    assert layout["margin"] == 0 and layout["rows"] == [] and plain.size == (8 * 96 + 18, 2 * 96 + 6)
 
 
 @pytest.mark.parametrize("name", list(METHODS))

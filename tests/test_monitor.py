@@ -81,7 +81,7 @@ def test_unlabelled_data_warns_once_and_trains_on(tmp_path, caplog):
 
 @pytest.mark.parametrize("settings,message", [
     ({"monitor": "knm"}, "expected knn, linear or knn,linear"),
-    ({"monitor_every": -1}, "--monitor-every must be non-negative"),
+    ({"monitor_every": -1}, r"--set monitor_every=-1: must be >= 0"),
 ])
 def test_bad_monitor_settings_are_one_line_errors(settings, message):
     with pytest.raises(SelfSupError, match=message):

@@ -79,7 +79,7 @@ def test_bad_accumulate_is_one_line_error(value, tmp_path, capsys):
     from selfsup.cli import main
     assert main(["train", "rotation", "--data", "shapes:n=32,n_test=8,size=16", "--accumulate", value,
                  "--out", str(tmp_path / "r")]) != 0
-    assert capsys.readouterr().err.strip() == f"selfsup: error: --accumulate must be positive, got {value}"
+    assert capsys.readouterr().err.strip() == f"selfsup: error: --accumulate {value}: must be >= 1"
 
 
 def _nan_at(monkeypatch, steps):

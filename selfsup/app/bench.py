@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .. import runs as rundir
+from ..atomic import check_writable
 from ..data.datasets import DatasetSplits, label_subset, load_dataset
 from ..errors import SelfSupError
 from ..progress import bar, printing
@@ -266,11 +267,11 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
         raise SelfSupError(f"--seeds must be at least 1, got {seeds}")
     b = get_budget(budget)
     names = select_methods(methods)
+    out = check_writable(out or f"runs/bench-{b.name}-{Path(data.split(':')[0]).name}", "--out")   # before any work
     splits = load_dataset(data, data_dir=data_dir)
     if splits.train.labels is None:
         raise SelfSupError(f"--data {data}: has no labels; the bench scores every method with labelled probes")
     splits = subsample(splits, b)
-    out = Path(out or f"runs/bench-{b.name}-{Path(data.split(':')[0]).name}")
     (out / "results").mkdir(parents=True, exist_ok=True)
     commit = clean_commit()
     rows = []

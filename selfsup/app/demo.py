@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from ..atomic import check_writable
 from ..errors import SelfSupError
 
 
@@ -19,6 +20,7 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str = "fashion
     from .evaluate import evaluate
     from .train import train
 
+    check_writable(out, "--out")   # before any work
     try:
         dataset = load_dataset(data)
     except SelfSupError as e:

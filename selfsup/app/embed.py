@@ -25,7 +25,7 @@ from .. import runs
 from ..atomic import atomic_write
 from ..errors import SelfSupError
 from ..eval import features as feat
-from ..runs import load_backbone
+from ..runs import check_writable, load_backbone
 from .device import pick_device
 
 SPLITS = ("train", "test", "all")
@@ -59,6 +59,7 @@ def embed(checkpoint: str | Path, data: str | DatasetSplits | None = None, out: 
             raise SelfSupError(f"--out {out}: expected a .npy or .parquet file")
         if Path(out).suffix.lower() == ".parquet":
             _pyarrow()  # before the work, not after it
+        check_writable(out, "--out", "file")
     encoder = load_backbone(checkpoint)
     dataset = runs.run_data(checkpoint, data, data_dir=data_dir)
     parts = [(name, getattr(dataset, name)) for name in ("train", "test") if split in (name, "all")]

@@ -18,8 +18,8 @@ from ..errors import SelfSupError
 from ..eval import features as feat
 from ..eval.knn import choose_k, knn_accuracy
 from ..eval.linear import linear_probe
-from ..runs import load_backbone, run_config
 from ..progress import bar
+from ..runs import check_result_out, load_backbone, run_config
 from .device import pick_device
 from .tblog import log_evaluation
 
@@ -72,6 +72,7 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         raise SelfSupError(f"--k and --temperature must be positive, got {k}, {temperature}")
     if checkpoint is not None and not Path(checkpoint).exists():
         raise SelfSupError(f"--checkpoint {checkpoint}: no such run folder")
+    check_result_out(out, checkpoint)
     dataset = runs.run_data(checkpoint, data, data_dir=data_dir, download=download)
     spec = runs.data_spec(checkpoint, data, dataset)
     train, test = eval_splits(dataset, seed, on)

@@ -24,7 +24,7 @@ import torch
 from ..errors import SelfSupError
 from .. import runs
 from ..atomic import atomic_write
-from ..runs import load_backbone, save_backbone
+from ..runs import check_writable, load_backbone, save_backbone
 
 FORMATS = ("safetensors", "onnx")
 INPUT, OUTPUT = "images", "embeddings"
@@ -99,9 +99,7 @@ def export(checkpoint: str | Path, out: str | Path, formats=FORMATS) -> dict:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise SelfSupError(f"--format {','.join(formats)}: expected one or more of {', '.join(FORMATS)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SelfSupError(f"--out {out}: is a file, not a folder")
+    out = check_writable(out, "--out")
     if "onnx" in formats:
         _onnxruntime()  # before the work, not after it
     encoder = load_backbone(checkpoint)

@@ -19,7 +19,7 @@ from ..data.datasets import DatasetSplits, ImageSet, label_subset, stratified_sp
 from .. import runs
 from ..errors import SelfSupError
 from ..progress import bar
-from ..runs import load_backbone
+from ..runs import check_result_out, load_backbone
 from .evaluate import eval_splits
 from .tblog import log_evaluation
 
@@ -99,6 +99,10 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         raise SelfSupError(f"--baseline {baseline}: expected supervised (fine-tuning's from-scratch arm)")
     if checkpoint is not None and not Path(checkpoint).exists():
         raise SelfSupError(f"--checkpoint {checkpoint}: no such run folder")
+    check_result_out(out, checkpoint)
+    from .train import resolve_config
+    given = {"epochs": epochs, "batch_size": batch_size, "time_limit": time_limit or None, **settings}
+    resolve_config("supervised", {k: v for k, v in given.items() if v is not None})   # every value, before any work
     dataset = runs.run_data(checkpoint, data, data_dir=data_dir, download=download)
     spec = runs.data_spec(checkpoint, data, dataset)
     train_split, test = eval_splits(dataset, seed, on)

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
-from torchvision.utils import save_image
 
 from ..data.augment import make_view
 from ..data.datasets import stratified_split
 from ..errors import SelfSupError
 from ..eval.features import extract
 from ..methods.base import DataInfo, denormalize
-from ..runs import load_backbone, read_metrics, result_path, run_data
+from ..runs import check_writable, load_backbone, read_metrics, result_path, run_data
+from ..runs.pictures import Picture, render_picture
 from .device import pick_device
 from .train import build_method, run_configs
 
@@ -46,6 +46,8 @@ def build_report(run_dir: str | Path, data: str | None = None, out: str | Path |
     train) gives the map's points and the queries."""
     run_dir = Path(run_dir)
     cfg = read_run(run_dir)
+    out = Path(out) if out is not None else run_dir / "report.html"
+    check_writable(out, "--out", "file")   # before any work (the default: RUN_DIR/report.html)
     spec = data or cfg.get("data")
     splits = run_data(run_dir, data, data_dir=data_dir)
     train, test = splits.train, splits.test
@@ -71,7 +73,6 @@ def build_report(run_dir: str | Path, data: str | None = None, out: str | Path |
         ("eval", "Evaluation", eval_section(run_dir)),
     ]
     page = _page(f"selfsup report: {cfg['method']} on {spec} ({run_dir.name})", sections)
-    out = Path(out) if out is not None else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
@@ -151,7 +152,8 @@ def views_section(cfg: dict, train, seed: int) -> str:
                          "network sees.")
     size = images.shape[-1]
     rows = [images.float() / 255] + [F.interpolate(denormalize(v, info), size=size, mode="nearest") for v in views]
-    return _img(_grid_png(torch.cat(rows)), "augmented views", pixelated=True) + _caption(
+    labels = ("training image", *(f"view {i + 1}" for i in range(len(views))))
+    return _img(_grid_png(torch.cat(rows), labels), "augmented views", pixelated=True) + _caption(
         f"First row: {len(images)} training images, then {how}.", html_ok=True)
 
 
@@ -165,7 +167,8 @@ def pictures_section(run_dir: Path) -> str:
         if not png.startswith(b"\x89PNG\r\n\x1a\n"):
             raise SelfSupError(f"{p}: not a PNG file")
         parts.append(f"<h3>{_e(p.stem)}</h3>" + _img(png, p.stem, pixelated=True))
-    return "".join(parts) + _caption("pictures/*.png as the engine wrote them at the end of training, 8 images a row.")
+    return "".join(parts) + _caption("pictures/*.png as training wrote them at its end: each row labelled on the left, "
+                                     "tiles enlarged (nearest neighbour) to at least 96 px.")
 
 
 def map_section(encoder, test, seed: int, dev) -> str:
@@ -323,10 +326,11 @@ def _img(png: bytes, alt: str, pixelated: bool = False) -> str:
             f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
 
 
-def _grid_png(x: torch.Tensor) -> bytes:
-    """Images (N, C, H, W) in [0, 1] as one PNG grid of 8 a row (as the engine's pictures)."""
+def _grid_png(x: torch.Tensor, rows: tuple[str, ...]) -> bytes:
+    """Images (N, C, H, W) in [0, 1] as labelled rows, drawn as the run's pictures are."""
+    image, _ = render_picture(Picture(x, rows))
     buf = io.BytesIO()
-    save_image(x.clamp(0, 1), buf, format="png", nrow=VIEW_IMAGES, padding=1, pad_value=1.0)
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import models, runs
-from ..config import TrainConfig, apply_overrides, split_overrides, to_dict
+from ..config import TrainConfig, apply_overrides, check_ranges, split_overrides, to_dict
 from ..data.core import DataInfo, DatasetSplits, ImageSet
 from ..data.datasets import load_dataset
 from ..data.stream import StreamSet
@@ -24,6 +24,8 @@ from ..errors import SelfSupError
 from ..eval.monitor import make_monitor, parse_protocols
 from ..methods import Method, get_method
 from ..runs import load_backbone, load_checkpoint, save_backbone
+from ..runs.pictures import save_picture
+from ..runs.paths import check_writable
 from .device import pick_device
 from .tblog import TensorBoardSink, check_logger, wanted as tensorboard_wanted
 
@@ -31,14 +33,22 @@ __all__ = ["resolve_config", "run_configs", "validate", "as_image_set", "build_m
            "write_pictures", "train", "load_method", "RunResult", "BatchSource", "data_info", "fit", "pick_device"]
 
 
+# TrainConfig fields that ``selfsup train`` takes as flags of their own: errors name the flag
+FLAGS = {k: "--" + k.replace("_", "-") for k in ("epochs", "batch_size", "lr", "time_limit", "accumulate",
+                                               "skip_nonfinite", "seed")}
+
+
 def resolve_config(method: str, overrides: dict | None = None) -> tuple[TrainConfig, object]:
-    """TrainConfig and method Config: global defaults < the method's small-image defaults < ``overrides``."""
+    """TrainConfig and method Config: global defaults < the method's small-image defaults < ``overrides``.
+    Every value is checked against its declared range here, before any data is loaded."""
     cls = get_method(method)
     train_over, method_over = split_overrides(dict(overrides or {}), TrainConfig, cls.Config)
     cfg = apply_overrides(TrainConfig(method=method), cls.train_defaults, "train")
     cfg = apply_overrides(cfg, train_over, "train")
     validate(cfg)
-    return cfg, apply_overrides(cls.Config(), method_over, method)
+    method_cfg = apply_overrides(cls.Config(), method_over, method)
+    check_ranges(method_cfg)
+    return cfg, method_cfg
 
 
 def run_configs(saved: dict, overrides: dict | None = None) -> tuple[TrainConfig, object]:
@@ -51,19 +61,7 @@ def run_configs(saved: dict, overrides: dict | None = None) -> tuple[TrainConfig
 
 
 def validate(cfg: TrainConfig) -> None:
-    checks = [("batch_size", cfg.batch_size > 0), ("epochs", cfg.epochs > 0), ("lr", cfg.lr > 0),
-              ("weight_decay", cfg.weight_decay >= 0), ("warmup_epochs", cfg.warmup_epochs >= 0),
-              ("grad_clip", cfg.grad_clip >= 0), ("time_limit", cfg.time_limit >= 0), ("subset", cfg.subset >= 0), ("steps", cfg.steps >= 0),
-              ("log_every", cfg.log_every > 0), ("checkpoint_every_steps", cfg.checkpoint_every_steps >= 0),
-              ("accumulate", cfg.accumulate > 0), ("skip_nonfinite", cfg.skip_nonfinite >= 0),
-              ("monitor_every", cfg.monitor_every >= 0)]
-    for name, ok in checks:
-        if not ok:
-            raise SelfSupError(f"--{name.replace('_', '-')} must be {'positive' if name in ('batch_size', 'epochs', 'lr', 'log_every', 'accumulate') else 'non-negative'}, got {getattr(cfg, name)}")
-    if not 0 <= cfg.warmup_max <= 1:
-        raise SelfSupError(f"--set warmup_max={cfg.warmup_max}: must be in [0, 1] (a share of the run)")
-    if not 0 <= cfg.beta2 < 1:
-        raise SelfSupError(f"--set beta2={cfg.beta2}: must be in [0, 1)")
+    check_ranges(cfg, FLAGS)
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise SelfSupError(f"--device {cfg.device}: expected auto, cpu or cuda")
     parse_protocols(cfg.monitor)
@@ -136,8 +134,8 @@ def prepare_method(method: Method, images, seed: int) -> None:
 
 
 def write_pictures(method: Method, images, run_dir: Path, seed: int) -> list[Path]:
-    """Each of ``method.pictures`` as RUN/pictures/NAME.png (8 images per row), from a fixed sample."""
-    from torchvision.utils import save_image
+    """Each of ``method.pictures`` as RUN/pictures/NAME.png, from a fixed sample of 8 images: tiles
+    upscaled to at least 96 px, each row labelled (``selfsup.runs.pictures``)."""
     idx = torch.arange(min(8, len(images)))
     batch = images.batch(idx) if isinstance(images, ImageSet) else collate([images[int(i)] for i in idx])
     device = next(method.parameters()).device
@@ -150,13 +148,7 @@ def write_pictures(method: Method, images, run_dir: Path, seed: int) -> list[Pat
             pics = method.pictures(batch)
     finally:
         method.train(was_training)
-    paths = []
-    for name, x in pics.items():
-        path = run_dir / "pictures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(x.detach().float().cpu().clamp(0, 1), path, nrow=8, padding=1, pad_value=1.0)
-        paths.append(path)
-    return paths
+    return [save_picture(pic, run_dir / "pictures" / f"{name}.png") for name, pic in pics.items()]
 
 
 def train(method: str | None = None, data=None, out: str | Path | None = None, resume: bool = False,
@@ -185,6 +177,8 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
         data = data or cfg.data
         if data.startswith("<"):
             raise SelfSupError(f"--data is needed (the run was trained on in-memory data, {data}); pass the same data again")
+    if out is not None:
+        check_writable(out, "--out")   # before any data is loaded
     device = pick_device(cfg.device)
     rank, world = setup_processes(device)
     run_dir = None

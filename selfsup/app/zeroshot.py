@@ -17,6 +17,7 @@ import torch
 
 from ..data.datasets import DatasetSplits, ImageSet
 from .. import runs
+from ..runs import check_result_out
 from ..errors import SelfSupError
 from .evaluate import eval_splits
 
@@ -66,6 +67,7 @@ def zeroshot(checkpoint: str | Path, data: str | DatasetSplits | None = None, cl
              templates=None, on: str = "test", seed: int = 0, data_dir: str | None = None,
              out: str | Path | None = None) -> dict:
     """Zero-shot accuracy (and confusion matrix: rows true, columns predicted) on the test split."""
+    check_result_out(out, checkpoint)
     method = load_clip(checkpoint)
     name, split = _split(checkpoint, data, on, seed, data_dir)
     if split.labels is None:
@@ -104,6 +106,7 @@ def caption_matches(captions: list[str]) -> torch.Tensor:
 def retrieval(checkpoint: str | Path, data: str | DatasetSplits | None = None, on: str = "test", seed: int = 0,
               ks=(1, 5, 10), data_dir: str | None = None, out: str | Path | None = None) -> dict:
     """Image->text and text->image recall@k over the test split's image-caption pairs."""
+    check_result_out(out, checkpoint)
     method = load_clip(checkpoint)
     name, split = _split(checkpoint, data, on, seed, data_dir)
     if split.captions is None:

@@ -43,7 +43,7 @@ def _boolean(value: str) -> bool:
 OPTION_RULES = {
     "size": (lambda v: _in_range(int(v), 1, 4096), "an integer in [1, 4096]"),
     "test_fraction": (lambda v: _in_range(float(v), 0.0, 1.0, hi_open=True), "a number in [0, 1)"),
-    "seed": (int, "an integer"),
+    "seed": (lambda v: _in_range(int(v), 0, 2**63 - 1), "an integer >= 0"),
     "stream": (_boolean, "true or false"),
     "cache_mb": (lambda v: _in_range(int(v), 0, 2**30), "a non-negative integer (MiB)"),
 }

@@ -18,6 +18,7 @@ from ..errors import SelfSupError
 from .core import DatasetSplits, ImageSet, cache_dir
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+TRAIN_SIZE = 60000   # images in the train split; option n takes a subset of them
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -87,6 +88,18 @@ def fetch(target: Path) -> Path:
 
 def load_fashion_mnist(options: dict, data_dir: str | None = None, download: bool = False,
                        strict: bool = False) -> DatasetSplits:
+    """Fashion-MNIST's train and test splits; option ``n``: a seeded subset of n train images, n in [1, 60000]."""
+    options = dict(options)
+    n = options.pop("n", None)
+    if options:
+        raise SelfSupError(f"fashion-mnist: unknown option(s) {', '.join(options)} (known: n)")
+    if n is not None:   # checked before any file is read
+        try:
+            n = int(str(n).strip())
+            if not 1 <= n <= TRAIN_SIZE:
+                raise ValueError
+        except ValueError:
+            raise SelfSupError(f"fashion-mnist: option n={n!r} must be an integer in [1, {TRAIN_SIZE}]") from None
     folder = locate(data_dir)
     if folder is None:
         if not download:
@@ -102,10 +115,7 @@ def load_fashion_mnist(options: dict, data_dir: str | None = None, download: boo
         if len(images) != len(labels):
             raise SelfSupError(f"{folder}: {split} has {len(images)} images but {len(labels)} labels")
         splits[split] = ImageSet(images, labels, classes=list(CLASSES))
-    n = options.pop("n", None)
     if n is not None:  # a seeded subset of the train split, for quick runs
         g = torch.Generator().manual_seed(0)
-        splits["train"] = splits["train"].subset(torch.randperm(len(splits["train"]), generator=g)[: int(n)].sort().values)
-    if options:
-        raise SelfSupError(f"fashion-mnist: unknown option(s) {', '.join(options)} (known: n)")
+        splits["train"] = splits["train"].subset(torch.randperm(len(splits["train"]), generator=g)[:n].sort().values)
     return DatasetSplits("fashion-mnist", splits["train"], splits["test"], info={"source": str(folder)})

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_writable
 from ..errors import SelfSupError
 from .core import DatasetSplits, ImageSet, parse_spec
 from .datasets import load_dataset
@@ -103,8 +103,7 @@ def _encode(image: torch.Tensor, image_format: str) -> bytes:
 
 def _check_out(out: Path, overwrite: bool) -> bool:
     """Whether earlier shards in ``out`` are to be replaced; refuse any other non-empty ``out``."""
-    if out.exists() and not out.is_dir():
-        raise SelfSupError(f"--out {out}: is a file")
+    check_writable(out, "--out")
     if not out.exists() or not any(out.iterdir()):
         return False
     if not overwrite:

@@ -6,9 +6,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..config import check_ranges
 from ..data.core import DataInfo
+from ..runs.pictures import Picture
 
-__all__ = ["DataInfo", "Method", "denormalize"]
+__all__ = ["DataInfo", "Method", "Picture", "denormalize"]
 
 
 class Method(nn.Module):
@@ -29,8 +31,11 @@ class Method(nn.Module):
     otherwise, e.g. DINO's EMA teacher). ``input_space`` says what the backbone
     sees: "rgb" (the images' own channels, normalised) or "lab_l" (the Lab lightness of RGB
     images, one channel: ``selfsup.data.color.lightness_input``); evaluation feeds the same.
-    ``pictures(batch)`` returns named image tensors; the app writes each as one PNG grid
-    with 8 images per row, so a method shows input / output / target as consecutive rows of 8.
+    ``pictures(batch)`` returns, by name, a ``Picture(images, rows)``: images (R * n, C, H, W)
+    in [0, 1] as R rows of n, and one label per row saying what it shows ("grey input",
+    "prediction", "original"); the app writes each as RUN/pictures/NAME.png, tiles upscaled to
+    at least 96 px, labels in a left margin (``selfsup.runs.pictures``). A plain tensor is still
+    accepted (rows of 8, unlabelled).
 
     Optional hooks, declared here so that callers never probe with ``hasattr``: ``view`` (the
     method's one augmentation recipe, a ViewConfig, or None), ``views(images)`` (its augmented
@@ -50,6 +55,7 @@ class Method(nn.Module):
 
     def __init__(self, backbone: nn.Module, cfg, data: DataInfo):
         super().__init__()
+        check_ranges(cfg)   # each setting in its declared range (also when built without resolve_config)
         self.backbone = backbone
         self.cfg = cfg
         self.data = data
@@ -93,8 +99,8 @@ class Method(nn.Module):
         """Normalised text embeddings (N, d) of ``captions``: only methods that ``uses_captions``."""
         raise NotImplementedError(f"{type(self).__name__} has no text tower")
 
-    def pictures(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Images (N, C, H, W) in [0, 1] that show what the method does, by name; none by default."""
+    def pictures(self, batch: dict) -> dict[str, Picture]:
+        """Labelled rows of images in [0, 1] that show what the method does, by name; none by default."""
         return {}
 
 

@@ -40,7 +40,7 @@ from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
 from ..losses import gather_with_grad, world
 from ..models.text import BPETokenizer, LockedTextEncoder, TextTransformer
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 
 @dataclass
@@ -58,6 +58,12 @@ class Config:
     crop_min: float = 0.8           # random square crop of at least this area fraction, resized back
     flip_p: float = 0.0             # off: captions may name left and right
     text_model: str = ""            # locked pretrained text tower (LiT): "minilm" or a sentence-transformers folder
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "embed_dim": ">= 1", "text_width": ">= 1", "text_depth": ">= 1", "text_heads": ">= 1",
+        "text_pooling": ("eot", "mean"), "context_length": ">= 3", "vocab_size": ">= 1", "init_temperature": "> 0",
+        "max_logit_scale": ">= 1", "crop_min": "(0, 1]", "flip_p": "[0, 1]",
+    }
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, local_loss: bool = False):
@@ -91,12 +97,6 @@ class CLIP(Method):
 
     def __init__(self, backbone, cfg: Config, data: DataInfo):
         super().__init__(backbone, cfg, data)
-        for name, ok, want in [("embed_dim", cfg.embed_dim >= 1, "at least 1"), ("text_depth", cfg.text_depth >= 1, "at least 1"),
-                               ("init_temperature", cfg.init_temperature > 0, "positive"),
-                               ("max_logit_scale", cfg.max_logit_scale >= 1, "at least 1"),
-                               ("crop_min", 0 < cfg.crop_min <= 1, "in (0, 1]")]:
-            if not ok:
-                raise SelfSupError(f"--set {name}={getattr(cfg, name)}: must be {want}")
         self.image_projection = nn.Linear(backbone.embed_dim, cfg.embed_dim, bias=False)
         self.text, self.locked_text = None, None
         if cfg.text_model:
@@ -210,4 +210,4 @@ class CLIP(Method):
 
     def pictures(self, batch: dict):
         x = make_view(batch["images"][:8], self.view, self.data.mean, self.data.std)
-        return {"views": denormalize(x, self.data)}
+        return {"views": Picture(denormalize(x, self.data), ("augmented view",))}

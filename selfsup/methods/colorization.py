@@ -32,7 +32,7 @@ from ..data.augment import resized_crop, sample_crop_boxes, to_float
 from ..data.color import lab_to_rgb, rgb_to_lab
 from ..errors import SelfSupError
 from ..models import feature_map
-from .base import DataInfo, Method
+from .base import DataInfo, Method, Picture
 
 AB_SCALE = 110.0   # |a|, |b| <= ~110 for sRGB: regression predicts ab / AB_SCALE
 
@@ -50,6 +50,12 @@ class Config:
     gray_threshold: float = 5.0   # images with every |a|, |b| <= this are grey and left out of the loss
     crop_min: float = 0.5         # random-resized-crop minimum area fraction (1 = no crop)
     flip_p: float = 0.5
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "loss": ("classification", "regression"), "out_stride": ">= 1", "decoder_dim": ">= 1", "grid": "> 0",
+        "soft_k": ">= 1", "sigma": "> 0", "rebalance": "[0, 1]", "temperature": "> 0", "gray_threshold": ">= 0",
+        "crop_min": "(0, 1]", "flip_p": "[0, 1]",
+    }
 
 
 @lru_cache
@@ -87,8 +93,6 @@ class Colorization(Method):
     def __init__(self, backbone, cfg: Config, data: DataInfo):
         if data.channels != 3:
             raise SelfSupError(f"colorization needs colour (RGB) images, but --data has {data.channels} channel(s)")
-        if cfg.loss not in ("classification", "regression"):
-            raise SelfSupError(f"--set loss={cfg.loss}: expected classification or regression")
         if not 1 <= cfg.out_stride <= data.image_size:
             raise SelfSupError(f"--set out_stride={cfg.out_stride}: expected 1 to the image size ({data.image_size})")
         super().__init__(backbone, cfg, data)
@@ -201,7 +205,8 @@ class Colorization(Method):
         ab = F.interpolate(ab, size=x.shape[-2:], mode="bilinear", align_corners=False)
         rows = [lab_to_rgb(torch.cat([L, torch.zeros_like(ab)], 1)), lab_to_rgb(torch.cat([L, ab], 1)), x]
         pad = x.new_ones(8 - len(x), *x.shape[1:])                      # keep rows aligned when fewer than 8
-        return {"colorization": torch.cat([torch.cat([r, pad]) for r in rows])}
+        return {"colorization": Picture(torch.cat([torch.cat([r, pad]) for r in rows]),
+                                        ("grey input", "prediction", "original"))}
 
     @torch.no_grad()
     def colorization_error(self, images: torch.Tensor, batch_size: int = 256) -> dict:

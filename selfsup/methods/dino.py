@@ -43,7 +43,7 @@ from ..models import is_vit
 from ..models.attention import attention_pictures, cls_attention
 from ..models.heads import ema_update
 from ..schedules import cosine_to_one
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 
 @dataclass
@@ -74,6 +74,16 @@ class Config:
     collapse_tol: float = 0.05          # warn once when KL < tol ln K and the teacher entropy is within tol ln K of ln K or 0
     collapse_after: float = 0.1         # ... from this fraction of training on
     eval_backbone: str = "teacher"      # saved for evaluation/export: "teacher" (the paper) | "student"
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "out_dim": ">= 1", "hidden_dim": ">= 1", "bottleneck_dim": ">= 1", "head_layers": ">= 1",
+        "freeze_last_layer": "[0, 1]", "student_temp": "> 0", "teacher_temp": "> 0", "warmup_teacher_temp": "> 0",
+        "teacher_temp_warmup": "[0, 1]", "teacher_momentum": "[0, 1]", "center_momentum": "[0, 1)",
+        "n_global": ">= 1", "n_local": ">= 0", "global_crop_min": "[0, 1]", "local_crop_min": "(0, 1]",
+        "local_size": ">= 0", "flip_p": "[0, 1]", "jitter_p": "[0, 1]", "gray_p": "[0, 1]", "blur_p": "[0, 1]",
+        "solarize_p": "[0, 1]", "collapse_tol": ">= 0", "collapse_after": "[0, 1]",
+        "eval_backbone": ("teacher", "student"),
+    }
 
 
 class DINOHead(nn.Module):
@@ -252,27 +262,20 @@ class DINO(Method):
         crops = self.views(images)
         size = crops[0].shape[-1]
         crops = [c if c.shape[-1] == size else F.interpolate(c, size=size, mode="nearest") for c in crops]
-        pics = {"views": denormalize(torch.cat(crops), self.data)}
+        g = self.cfg.n_global
+        names = [f"global crop {i + 1}" for i in range(g)] + [f"local crop {i + 1} (upscaled)" for i in range(len(crops) - g)]
+        pics = {"views": Picture(denormalize(torch.cat(crops), self.data), tuple(names))}
         if is_vit(self.export_backbone()):
-            pics["attention"] = attention_pictures(self.export_backbone(), images, self.data.mean, self.data.std)
+            att = attention_pictures(self.export_backbone(), images, self.data.mean, self.data.std)
+            heads = len(att) // len(images) - 2
+            pics["attention"] = Picture(att, ("image", *(f"attention, head {h + 1}" for h in range(heads)),
+                                              "image x mean attention"))
         return pics
 
 
 def _check(cfg: Config) -> None:
-    checks = [
-        ("out_dim", cfg.out_dim >= 1, "at least 1"), ("hidden_dim", cfg.hidden_dim >= 1, "at least 1"),
-        ("bottleneck_dim", cfg.bottleneck_dim >= 1, "at least 1"), ("head_layers", cfg.head_layers >= 1, "at least 1"),
-        ("n_global", cfg.n_global >= 1, "at least 1"), ("n_local", cfg.n_local >= 0, "non-negative"),
-        ("n_local", cfg.n_global + cfg.n_local >= 2, "at least 1 with one global crop (the loss needs two views)"),
-        ("student_temp", cfg.student_temp > 0, "positive"), ("teacher_temp", cfg.teacher_temp > 0, "positive"),
-        ("warmup_teacher_temp", cfg.warmup_teacher_temp > 0, "positive"),
-        ("teacher_temp_warmup", 0 <= cfg.teacher_temp_warmup <= 1, "in [0, 1]"),
-        ("freeze_last_layer", 0 <= cfg.freeze_last_layer <= 1, "in [0, 1]"),
-        ("teacher_momentum", 0 <= cfg.teacher_momentum <= 1, "in [0, 1]"), ("center_momentum", 0 <= cfg.center_momentum < 1, "in [0, 1)"),
-        ("global_crop_min", 0 <= cfg.global_crop_min <= 1, "in [0, 1]"),
-        ("local_crop_min", 0 < cfg.local_crop_min <= 1, "in (0, 1]"), ("local_size", cfg.local_size >= 0, "non-negative"),
-    ]
-    checks.append(("eval_backbone", cfg.eval_backbone in ("teacher", "student"), "teacher or student"))
+    # single settings are checked against Config.ranges before any work; here what involves two
+    checks = [("n_local", cfg.n_global + cfg.n_local >= 2, "at least 1 with one global crop (the loss needs two views)")]
     gmin = cfg.global_crop_min or (0.4 if cfg.n_local else 0.2)
     if cfg.n_local:
         checks.append(("local_crop_min", cfg.local_crop_min < gmin, f"below the global crops' minimum {gmin}"))

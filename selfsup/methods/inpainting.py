@@ -29,7 +29,7 @@ from torch import nn
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
 from ..models import feature_map
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 
 @dataclass
@@ -44,6 +44,12 @@ class Config:
     adversarial_weight: float = 0.0  # lambda_adv; reconstruction gets 1 - lambda_adv (paper: 0.001)
     crop_min: float = 0.5           # random-resized-crop minimum area fraction before masking
     flip_p: float = 0.5             # horizontal flip probability
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "mask": ("blocks", "center"), "hole_fraction": "(0, 1)", "overlap": ">= 0", "overlap_weight": ">= 0",
+        "block_min": "(0, 1]", "block_max": "(0, 1]", "decoder_width": ">= 1", "adversarial_weight": "[0, 1)",
+        "crop_min": "(0, 1]", "flip_p": "[0, 1]",
+    }
 
 
 # ----------------------------------------------------------------------------- masks and losses
@@ -166,16 +172,9 @@ class Inpainting(Method):
     @staticmethod
     def _check(cfg: Config, size: int) -> None:
         side = round(math.sqrt(cfg.hole_fraction) * size) if 0 < cfg.hole_fraction < 1 else 0
-        checks = [("mask", cfg.mask in ("center", "blocks"), "expected center or blocks"),
-                  ("hole_fraction", 0 < cfg.hole_fraction < 1, "expected a fraction in (0, 1)"),
-                  ("overlap", 0 <= 2 * cfg.overlap < side, f"must be >= 0 and leave a hole in a {side} px square"),
-                  ("overlap_weight", cfg.overlap_weight >= 0, "must be non-negative"),
-                  ("block_min", 0 < cfg.block_min <= cfg.block_max, "expected 0 < block_min <= block_max"),
-                  ("block_max", cfg.block_max <= 1, "expected at most 1 (the whole side)"),
-                  ("decoder_width", cfg.decoder_width > 0, "must be positive"),
-                  ("adversarial_weight", 0 <= cfg.adversarial_weight < 1, "expected a weight in [0, 1)"),
-                  ("crop_min", 0 < cfg.crop_min <= 1, "expected a fraction in (0, 1]"),
-                  ("flip_p", 0 <= cfg.flip_p <= 1, "expected a probability")]
+        # single settings are checked against Config.ranges before any work; here what involves two or the size
+        checks = [("overlap", 2 * cfg.overlap < side, f"must leave a hole in a {side} px square"),
+                  ("block_min", cfg.block_min <= cfg.block_max, "expected 0 < block_min <= block_max")]
         for name, ok, why in checks:
             if not ok:
                 raise SelfSupError(f"--set {name}={getattr(cfg, name)}: {why}")
@@ -230,7 +229,8 @@ class Inpainting(Method):
         _, hole = self.masks(x.shape[0], x.device)
         masked = x.masked_fill(hole, 0.0)
         filled = torch.where(hole, self.predict(x, hole), x)
-        return {"inpainting": denormalize(torch.cat([masked, filled, x]), self.data)}
+        return {"inpainting": Picture(denormalize(torch.cat([masked, filled, x]), self.data),
+                                      ("input (hole masked)", "reconstruction", "original"))}
 
     @torch.no_grad()
     def reconstruction_error(self, images: torch.Tensor, mask: str | None = None, batch_size: int = 256,

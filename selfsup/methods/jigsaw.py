@@ -26,7 +26,7 @@ from torch import nn
 from ..data.augment import grayscale, normalize, resized_crop, sample_crop_boxes, to_float
 from ..errors import SelfSupError
 from ..models.heads import mlp
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 MAX_PERMUTATIONS = 1000
 
@@ -45,6 +45,12 @@ class Config:
     gray_p: float = 0.3             # colour images: grayscale with this probability (the paper 30%)
     tile_dim: int = 128             # per-tile Linear-BN-ReLU width (the paper's fc6: 512)
     hidden_dim: int = 512           # hidden width of the MLP on the concatenated tiles (the paper's fc7: 4096)
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "grid": (2, 3), "num_permutations": ">= 2", "permutation_seed": ">= 0", "tile_size": ">= 1", "gap": ">= 0",
+        "crop_min": "(0, 1]", "tile_std_min": "> 0", "channel_jitter": ">= 0", "gray_p": "[0, 1]",
+        "tile_dim": ">= 1", "hidden_dim": ">= 1",
+    }
 
 
 @lru_cache(maxsize=2)
@@ -128,22 +134,14 @@ class Jigsaw(Method):
 
     @staticmethod
     def _check(cfg: Config, patch: int) -> None:
-        if cfg.grid not in (2, 3):
-            raise SelfSupError(f"--set grid={cfg.grid}: expected 2 or 3")
         perms = math.factorial(cfg.grid ** 2)
         if not 2 <= cfg.num_permutations <= min(MAX_PERMUTATIONS, perms):
             raise SelfSupError(f"--set num_permutations={cfg.num_permutations}: expected 2 to "
                                f"{min(MAX_PERMUTATIONS, perms)} (a {cfg.grid}x{cfg.grid} grid has {perms}; "
                                f"at most {MAX_PERMUTATIONS})")
-        if cfg.tile_size < 1 or cfg.tile_size % patch:
+        if cfg.tile_size % patch:
             raise SelfSupError(f"--set tile_size={cfg.tile_size}: expected a positive multiple of "
                                f"the backbone's patch size {patch}")
-        for name, ok in [("gap", cfg.gap >= 0), ("channel_jitter", cfg.channel_jitter >= 0),
-                         ("crop_min", 0 < cfg.crop_min <= 1), ("gray_p", 0 <= cfg.gray_p <= 1),
-                         ("tile_std_min", cfg.tile_std_min > 0), ("tile_dim", cfg.tile_dim > 0),
-                         ("hidden_dim", cfg.hidden_dim > 0)]:
-            if not ok:
-                raise SelfSupError(f"--set {name}={getattr(cfg, name)}: out of range")
 
     def sample_tiles(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The field (B, C, F, F) and its tiles (B, G*G, C, t, t) in row-major grid order, both in [0, 1]."""
@@ -206,7 +204,8 @@ class Jigsaw(Method):
         solved = permute_tiles(shuffled, inverse_permutation(perms))
         rows = torch.cat([field, self._board(shuffled), self._board(solved)])
         size = self.data.image_size
-        return {"jigsaw": F.interpolate(rows, size=(size, size), mode="bilinear", antialias=True).clamp_(0, 1)}
+        return {"jigsaw": Picture(F.interpolate(rows, size=(size, size), mode="bilinear", antialias=True).clamp_(0, 1),
+                                  ("field", "shuffled tiles (as seen)", "tiles put back"))}
 
     def _board(self, tiles: torch.Tensor) -> torch.Tensor:
         """Tiles (B, G*G, C, t, t) laid out on their grid, white between them: (B, C, F, F)."""

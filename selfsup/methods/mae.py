@@ -30,7 +30,7 @@ from timm.models.vision_transformer import Block
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
 from ..models import is_vit
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 
 @dataclass
@@ -42,6 +42,11 @@ class Config:
     decoder_heads: int = 4
     crop_min: float = 0.2          # random-resized-crop minimum area (the paper 0.2), plus flips; no colour
     flip_p: float = 0.5
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "mask_ratio": "(0, 1)", "decoder_dim": ">= 1", "decoder_depth": ">= 1", "decoder_heads": ">= 1",
+        "crop_min": "(0, 1]", "flip_p": "[0, 1]",
+    }
 
 
 # ----------------------------------------------------------------------------- patches and masks
@@ -122,14 +127,8 @@ class MAE(Method):
         if not is_vit(backbone):
             raise SelfSupError("mae needs a ViT backbone (--backbone vit_micro, vit_tiny, ...): the encoder runs on "
                                "the visible patches only")
-        for name, ok, want in [("mask_ratio", 0 < cfg.mask_ratio < 1, "in (0, 1)"),
-                               ("decoder_dim", cfg.decoder_dim >= 1, "at least 1"),
-                               ("decoder_depth", cfg.decoder_depth >= 1, "at least 1"),
-                               ("decoder_heads", cfg.decoder_heads >= 1 and cfg.decoder_dim % max(cfg.decoder_heads, 1) == 0,
-                                "at least 1 and divide decoder_dim"),
-                               ("crop_min", 0 < cfg.crop_min <= 1, "in (0, 1]")]:
-            if not ok:
-                raise SelfSupError(f"--set {name}={getattr(cfg, name)}: must be {want}")
+        if cfg.decoder_dim % cfg.decoder_heads:
+            raise SelfSupError(f"--set decoder_heads={cfg.decoder_heads}: must divide decoder_dim ({cfg.decoder_dim})")
         v = backbone.vit
         self.p = backbone.patch_size
         if data.image_size % self.p:
@@ -212,7 +211,8 @@ class MAE(Method):
         C = self.data.channels
         masked = unpatchify(target * (1 - m), self.p, C)
         filled = unpatchify(target * (1 - m) + self._display(pred, target) * m, self.p, C)
-        return {"reconstruction": denormalize(torch.cat([masked, filled, x]), self.data)}
+        return {"reconstruction": Picture(denormalize(torch.cat([masked, filled, x]), self.data),
+                                          ("input (masked)", "reconstruction", "original"))}
 
     @torch.no_grad()
     def reconstruction_error(self, images: torch.Tensor, batch_size: int = 256, generator=None) -> dict:

@@ -36,12 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import ViewConfig, make_view
-from ..errors import SelfSupError
 from ..losses import gather_no_grad, world
 from ..models import is_vit
 from ..models.heads import ema_update, mlp
 from ..schedules import cosine_to_one
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 
 @dataclass
@@ -64,6 +63,12 @@ class Config:
     gray_p: float = 0.2
     blur_p: float = 0.0            # MoCo v2 blurs at 224 px; not at 32 px
 
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "temperature": "> 0", "queue_size": ">= 1", "key_momentum": "[0, 1]", "bn_splits": ">= 1",
+        "proj_hidden": ">= 1", "proj_dim": ">= 1", "proj_layers": ">= 1", "crop_min": "(0, 1]", "flip_p": "[0, 1]",
+        "color_strength": ">= 0", "jitter_p": "[0, 1]", "gray_p": "[0, 1]", "blur_p": "[0, 1]",
+    }
+
 
 @dataclass
 class ConfigV3:
@@ -81,6 +86,12 @@ class ConfigV3:
     jitter_p: float = 0.8
     gray_p: float = 0.2
     blur_p: float = 0.0            # the paper blurs at 224 px; not at 32 px
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "temperature": "> 0", "key_momentum": "[0, 1]", "proj_hidden": ">= 1", "proj_dim": ">= 1",
+        "proj_layers": ">= 1", "crop_min": "(0, 1]", "flip_p": "[0, 1]", "color_strength": ">= 0",
+        "jitter_p": "[0, 1]", "gray_p": "[0, 1]", "blur_p": "[0, 1]",
+    }
 
 
 # ----------------------------------------------------------------------------- losses
@@ -185,14 +196,6 @@ class _Momentum(Method):
 
     def __init__(self, backbone, cfg, data: DataInfo):
         super().__init__(backbone, cfg, data)
-        if cfg.temperature <= 0:
-            raise SelfSupError(f"--set temperature={cfg.temperature}: expected a positive number")
-        if not 0 <= cfg.key_momentum <= 1:
-            raise SelfSupError(f"--set key_momentum={cfg.key_momentum}: expected a number in [0, 1]")
-        if not 0 < cfg.crop_min <= 1:
-            raise SelfSupError(f"--set crop_min={cfg.crop_min}: expected a fraction in (0, 1]")
-        if cfg.proj_layers < 1:
-            raise SelfSupError(f"--set proj_layers={cfg.proj_layers}: expected at least 1")
         s = cfg.color_strength
         self.view = ViewConfig(size=data.image_size, scale=(cfg.crop_min, 1.0), flip_p=cfg.flip_p, jitter_p=cfg.jitter_p,
                                brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s,
@@ -220,7 +223,7 @@ class _Momentum(Method):
 
     def pictures(self, batch: dict):
         v1, v2 = self.views(batch["images"][:8])
-        return {"views": denormalize(torch.cat([v1, v2]), self.data)}
+        return {"views": Picture(denormalize(torch.cat([v1, v2]), self.data), ("view 1", "view 2"))}
 
 
 class MoCo(_Momentum):
@@ -229,10 +232,6 @@ class MoCo(_Momentum):
     Config = Config
 
     def __init__(self, backbone, cfg: Config, data: DataInfo):
-        if cfg.queue_size < 1:
-            raise SelfSupError(f"--set queue_size={cfg.queue_size}: expected a positive number of keys")
-        if cfg.bn_splits < 1:
-            raise SelfSupError(f"--set bn_splits={cfg.bn_splits}: expected at least 1")
         super().__init__(backbone, cfg, data)
         self.projector = mlp(backbone.embed_dim, cfg.proj_hidden, cfg.proj_dim, layers=cfg.proj_layers, bn=cfg.proj_bn)
         self._make_key_encoder()

@@ -20,7 +20,7 @@ from torch import nn
 from ..data.augment import ViewConfig, make_view
 from ..errors import SelfSupError
 from ..models.heads import mlp
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 
 @dataclass
@@ -28,6 +28,10 @@ class Config:
     crop_min: float = 0.5   # random-resized-crop minimum area (RotNet on CIFAR: pad-4 crops, i.e. mild)
     flip_p: float = 0.5     # horizontal flip before rotating (a flip is not a rotation, so the label stays)
     head_hidden: int = 256  # 0: a linear 4-way head; else Linear-BN-ReLU-Linear (keeps the backbone less task-specific)
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "crop_min": "(0, 1]", "flip_p": "[0, 1]", "head_hidden": ">= 0",
+    }
 
 
 def rotate_all(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,8 +49,6 @@ class Rotation(Method):
 
     def __init__(self, backbone, cfg: Config, data: DataInfo):
         super().__init__(backbone, cfg, data)
-        if not 0 < cfg.crop_min <= 1:
-            raise SelfSupError(f"--set crop_min={cfg.crop_min}: expected a fraction in (0, 1]")
         d = backbone.embed_dim
         self.head = nn.Linear(d, 4) if cfg.head_hidden == 0 else mlp(d, cfg.head_hidden, 4, layers=2)
         self.view = ViewConfig(size=data.image_size, scale=(cfg.crop_min, 1.0), flip_p=cfg.flip_p, jitter_p=0.0,
@@ -62,4 +64,5 @@ class Rotation(Method):
     def pictures(self, batch: dict):
         """Four rows of 8: the images at 0, 90, 180, 270 degrees, as the network sees them."""
         x = make_view(batch["images"][:8], self.view, self.data.mean, self.data.std)
-        return {"rotations": denormalize(rotate_all(x)[0], self.data)}
+        return {"rotations": Picture(denormalize(rotate_all(x)[0], self.data),
+                                     ("turned 0°", "turned 90°", "turned 180°", "turned 270°"))}

@@ -17,7 +17,7 @@ import torch
 from ..data.augment import ViewConfig, make_view
 from ..losses import nt_xent
 from ..models.heads import mlp
-from .base import DataInfo, Method, denormalize
+from .base import DataInfo, Method, Picture, denormalize
 
 
 @dataclass
@@ -32,6 +32,12 @@ class Config:
     jitter_p: float = 0.8
     gray_p: float = 0.2
     blur_p: float = 0.0          # the paper drops blur at 32 px
+
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "temperature": "> 0", "proj_hidden": ">= 1", "proj_dim": ">= 1", "proj_layers": ">= 1",
+        "crop_min": "(0, 1]", "flip_p": "[0, 1]", "color_strength": ">= 0", "jitter_p": "[0, 1]",
+        "gray_p": "[0, 1]", "blur_p": "[0, 1]",
+    }
 
 
 class SimCLR(Method):
@@ -60,5 +66,5 @@ class SimCLR(Method):
 
     def pictures(self, batch: dict):
         v1, v2 = self.views(batch["images"][:8])
-        return {"views": denormalize(torch.cat([v1, v2]), self.data)}
+        return {"views": Picture(denormalize(torch.cat([v1, v2]), self.data), ("view 1", "view 2"))}
 

@@ -34,6 +34,11 @@ class Config:
     layer_decay: float = 0.75       # ViT fine-tuning: layer-wise lr decay (1 = off); not used from scratch
     freeze_stages: int = 0          # keep the first N stages / blocks (and the stem / patch embedding) fixed
 
+    ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
+        "crop_min": "(0, 1]", "flip_p": "[0, 1]", "label_smoothing": "[0, 1)", "backbone_lr_scale": ">= 0",
+        "layer_decay": "(0, 1]", "freeze_stages": ">= 0",
+    }
+
 
 class Supervised(Method):
     Config = Config
@@ -46,14 +51,8 @@ class Supervised(Method):
         super().__init__(backbone, cfg, data)
         if data.num_classes < 2:
             raise SelfSupError("supervised training needs labelled data with at least 2 classes")
-        for name, ok, want in [("crop_min", 0 < cfg.crop_min <= 1, "in (0, 1]"),
-                               ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
-                               ("backbone_lr_scale", cfg.backbone_lr_scale >= 0, "non-negative"),
-                               ("layer_decay", 0 < cfg.layer_decay <= 1, "in (0, 1]"),
-                               ("freeze_stages", 0 <= cfg.freeze_stages <= backbone.num_stages,
-                                f"between 0 and {backbone.num_stages}")]:
-            if not ok:
-                raise SelfSupError(f"--set {name}={getattr(cfg, name)}: must be {want}")
+        if cfg.freeze_stages > backbone.num_stages:
+            raise SelfSupError(f"--set freeze_stages={cfg.freeze_stages}: must be between 0 and {backbone.num_stages}")
         self.pretrained = bool(cfg.init)
         if self.pretrained:
             if pretrained is None:
@@ -150,5 +149,6 @@ class Supervised(Method):
         return torch.cat(out)
 
     def pictures(self, batch: dict):
-        from .base import denormalize
-        return {"views": denormalize(make_view(batch["images"][:8], self.view, self.data.mean, self.data.std), self.data)}
+        from .base import Picture, denormalize
+        x = make_view(batch["images"][:8], self.view, self.data.mean, self.data.std)
+        return {"views": Picture(denormalize(x, self.data), ("training view",))}
