@@ -153,9 +153,9 @@ def test_buffers_are_saved_and_pictures_are_three_rows_of_eight():
     assert torch.equal(fresh.weights, m.weights) and torch.equal(fresh.prior, m.prior)
     m.eval()
     images = colour_images(8)
-    pics = m.pictures({"images": images})["colorization"]
+    pics = m.pictures({"images": images})["colorization"].images
     assert pics.shape == (24, 3, 32, 32) and pics.min() >= 0 and pics.max() <= 1
     assert torch.allclose(pics[16:], images.float() / 255)                        # row 3: ground truth
     assert (pics[:8].amax(1) - pics[:8].amin(1)).max() < 1e-3                   # row 1: grey
     assert torch.allclose(rgb_to_lab(pics[8:16])[:, 0], rgb_to_lab(pics[16:])[:, 0], atol=1.0)  # row 2 keeps L
-    assert m.pictures({"images": images[:3]})["colorization"].shape == (24, 3, 32, 32)
+    assert m.pictures({"images": images[:3]})["colorization"].images.shape == (24, 3, 32, 32)

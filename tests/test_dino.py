@@ -167,10 +167,11 @@ def test_one_step_through_the_class(name, channels, size, n_local):
     m.after_step(0, 10)
     assert any(not torch.equal(a, b) for a, b in zip(teacher_before, m.teacher_backbone.parameters()))
     pics = m.pictures({"images": tiny_images(8, channels, size)})
-    assert pics["views"].shape == (8 * (2 + n_local), channels, size, size)
+    assert pics["views"].images.shape == (8 * (2 + n_local), channels, size, size)
     if name.startswith("vit"):   # input row, 4 heads, the overlay
-        assert pics["attention"].shape == (8 * 6, channels, size, size)
-        assert 0 <= pics["attention"].min() and pics["attention"].max() <= 1
+        att = pics["attention"]
+        assert att.images.shape == (8 * 6, channels, size, size) and len(att.rows) == 6
+        assert 0 <= att.images.min() and att.images.max() <= 1
 
 
 def test_cls_attention_equals_timm_attention():

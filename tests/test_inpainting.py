@@ -182,7 +182,7 @@ def test_reconstruction_error_compares_with_references_on_the_same_masks():
 def test_pictures_rows_masked_filled_original():
     method = make(channels=3, size=32, mask="center").eval()
     images = tiny_images(8, 3, 32)
-    pics = method.pictures({"images": images})["inpainting"]
+    pics = method.pictures({"images": images})["inpainting"].images
     assert pics.shape == (24, 3, 32, 32) and pics.min() >= 0 and pics.max() <= 1
     original = images.float() / 255
     hole = erode(region_masks(8, 32, "center", 0.25), method.cfg.overlap).expand_as(original)

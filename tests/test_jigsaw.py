@@ -166,11 +166,11 @@ def test_pictures_show_field_puzzle_and_solution(channels, size):
     m = make(channels, size, gap=0, channel_jitter=0, tile_norm=False).eval()
     with torch.no_grad():
         pics = m.pictures({"images": tiny_images(8, channels, size)})
-    x = pics["jigsaw"]
+    x = pics["jigsaw"].images
     assert x.shape == (24, channels, size, size)   # the field (36 px here) shown at the images' size
     assert x.min() >= 0 and x.max() <= 1
     field, puzzle, solved = x[:8], x[8:16], x[16:]
     assert torch.allclose(solved, field, atol=1e-5)   # the inverse permutation puts every tile back
     assert not torch.allclose(puzzle, field, atol=1e-3)
-    shown = make(channels, size).eval().pictures({"images": tiny_images(8, channels, size)})["jigsaw"]
+    shown = make(channels, size).eval().pictures({"images": tiny_images(8, channels, size)})["jigsaw"].images
     assert shown.shape == (24, channels, size, size) and shown.min() >= 0 and shown.max() <= 1

@@ -108,8 +108,8 @@ def test_refuses_a_resnet_and_bad_settings():
 def test_pictures_and_reconstruction_error_against_the_infill():
     m = small_mae(channels=1, size=16).eval()
     pics = m.pictures({"images": tiny_images(8, 1, 16)})
-    assert pics["reconstruction"].shape == (24, 1, 16, 16)
-    assert 0 <= pics["reconstruction"].min() and pics["reconstruction"].max() <= 1
+    rec = pics["reconstruction"].images
+    assert rec.shape == (24, 1, 16, 16) and 0 <= rec.min() and rec.max() <= 1
     err = m.reconstruction_error(tiny_images(20, 1, 16), batch_size=8, generator=torch.Generator().manual_seed(0))
     assert set(err) >= {"model", "infill", "patch_mean", "metric"}
     assert all(err[k] > 0 for k in ("model", "infill", "patch_mean"))

@@ -132,3 +132,18 @@ def test_method_settings_do_not_shadow_training_settings(name):
     from selfsup.config import TrainConfig
     clash = {f.name for f in fields(METHODS[name].Config)} & {f.name for f in fields(TrainConfig)}
     assert not clash, f"{name}: {clash} shadowed by training settings"
+
+
+@pytest.mark.parametrize("name", [*METHODS, "TrainConfig"])
+def test_every_setting_declares_its_range_and_the_defaults_lie_in_it(name):
+    """Each numeric setting has a declared range (checked before any work); the defaults and the
+    method's small-image train defaults are inside it; every declared key is a real field."""
+    import dataclasses
+
+    from selfsup.config import TrainConfig, check_ranges, unranged_fields
+    cls = TrainConfig if name == "TrainConfig" else METHODS[name].Config
+    assert unranged_fields(cls) == [], f"{name}: settings without a declared range"
+    assert set(cls.ranges) <= {f.name for f in dataclasses.fields(cls)}, f"{name}: a range for no setting"
+    check_ranges(cls())
+    if name != "TrainConfig":
+        resolve_config(name, {"backbone": _backbone(name)})   # the method's train defaults pass too

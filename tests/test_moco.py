@@ -178,7 +178,7 @@ def test_one_step_through_the_class(v3):
         assert all(torch.equal(a, b) for a, b in zip(frozen, m.backbone.vit.patch_embed.parameters()))
     else:
         assert int(m.queue.ptr) == 8 and torch.allclose(m.queue.keys[:8].norm(dim=1), torch.ones(8))
-    assert m.pictures({"images": tiny_images(8, 3, 16)})["views"].shape == (16, 3, 16, 16)   # two rows of 8
+    assert m.pictures({"images": tiny_images(8, 3, 16)})["views"].images.shape == (16, 3, 16, 16)   # two rows of 8
 
 
 @pytest.mark.parametrize("key,value", [("queue_size", 0), ("temperature", 0.0), ("key_momentum", 1.5), ("bn_splits", 0)])

@@ -45,7 +45,7 @@ def test_rotation_learns_to_tell_the_angle_on_a_small_set(head_hidden):
 def test_rotation_pictures_show_four_rows_of_the_same_images():
     m = Rotation(create_backbone("resnet18_quarter", in_chans=3, img_size=16), Config(crop_min=1.0, flip_p=0.0),
                  DataInfo(3, 16, [0.5] * 3, [0.25] * 3))
-    pics = m.pictures({"images": tiny_images(8, 3, 16)})["rotations"]
+    pics = m.pictures({"images": tiny_images(8, 3, 16)})["rotations"].images
     assert pics.shape == (32, 3, 16, 16) and 0 <= pics.min() and pics.max() <= 1
     assert torch.allclose(torch.rot90(pics[:8], 2, dims=(2, 3)), pics[16:24])
     with pytest.raises(SelfSupError, match="crop_min"):

@@ -212,7 +212,7 @@ class MAE(Method):
         masked = unpatchify(target * (1 - m), self.p, C)
         filled = unpatchify(target * (1 - m) + self._display(pred, target) * m, self.p, C)
         return {"reconstruction": Picture(denormalize(torch.cat([masked, filled, x]), self.data),
-                                          ("input (masked)", "reconstruction", "original"))}
+                                          ("input (masked)", "reconstruction", "original view"))}
 
     @torch.no_grad()
     def reconstruction_error(self, images: torch.Tensor, batch_size: int = 256, generator=None) -> dict:
