@@ -258,7 +258,7 @@ def table(rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dry-run", action="store_true", help="the same code path on the CPU in seconds: tiny nets, tiny data")
+    ap.add_argument("--dry-run", "--smoke", dest="dry_run", action="store_true", help="the same code path on the CPU in seconds: tiny nets, tiny data")
     ap.add_argument("--method-seconds", type=float, default=20.0, help="training seconds per method row (default 20)")
     ap.add_argument("--dino-seconds", type=float, default=120.0, help="DINO's training seconds before the attention figure")
     ap.add_argument("--methods", default=None, help="comma-separated (default: every method in selfsup.METHODS)")

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 # modules under benchmarks/ that are not scripts: imported by them, no command line of their own
 LIBRARIES = {"record.py": "record() and smoke_dir(), the BENCHMARKS.md writer every script calls"}
-SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in LIBRARIES)
+OWN_TEST = {"gpu_check.py": "tests/test_gpu_check.py runs its --dry-run (alias --smoke): the GPU check's code path on the CPU"}
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in LIBRARIES and p.name not in OWN_TEST)
 PROBES = ("knn", "linear")
 
 # per script: its BENCHMARKS.md section, the first cells of the table rows it must print, and the files

@@ -21,7 +21,8 @@ OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w-])")
 FOREIGN = {"--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--standalone",
            "--help", "--version",
            "--trial",      # benchmarks/tune.py, in docs/bench.md
-           "--headless"}   # chromium, in docs/report.md
+           "--headless",   # chromium, in docs/report.md
+           "--logdir"}     # tensorboard, in docs/tensorboard.md
 
 
 def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
