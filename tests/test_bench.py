@@ -132,7 +132,7 @@ def test_bad_bench_options_are_one_line_errors(argv, message, tmp_path, capsys):
 def test_the_smoke_budget_subsamples_stratified_and_the_chart_lists_skipped_subjects(tmp_path):
     import dataclasses
 
-    from selfsup.budgets import get_budget
+    from selfsup.app.budgets import get_budget
     from selfsup.data.datasets import load_dataset
     data = load_dataset(DATA)
     small = bench_mod.subsample(data, dataclasses.replace(get_budget("smoke"), subsample=100, test_subsample=30))

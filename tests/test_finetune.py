@@ -130,7 +130,7 @@ def test_cli_finetune_and_its_errors(pretrained, capsys):
 
 
 def test_the_lr_search_extends_once_past_the_edge_it_won_at():
-    from selfsup.eval.finetune import search_lr
+    from selfsup.app.finetune import search_lr
     calls = []
 
     def rising(lr):          # accuracy keeps rising with the rate: the top edge wins, the grid extends up once
@@ -148,7 +148,7 @@ def test_the_lr_search_extends_once_past_the_edge_it_won_at():
 
 
 def test_a_run_too_short_to_converge_is_flagged(pretrained):
-    from selfsup.eval.finetune import default_steps, too_short
+    from selfsup.app.finetune import default_steps, too_short
     assert too_short(40, 0.3) and "epochs" in too_short(40, 0.3)
     assert too_short(50, 20.0) and "steps" in too_short(50, 20.0)
     assert too_short(4690, 10.0) is None
