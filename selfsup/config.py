@@ -47,6 +47,8 @@ class TrainConfig:
     device: str = "auto"                    # auto | cpu | cuda
     amp: bool = True                        # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True              # on CUDA
+    cpu_bf16: bool = False                  # on the CPU: bf16 autocast + channels_last where the CPU has native bf16
+                                            # dot products (AVX512_BF16 / AMX); off until shown to learn as fp32 does
     sync_bn: bool = False                   # SyncBatchNorm under torchrun
     subset: int = 0                         # train on the first N images of a seeded permutation; 0 = all
     checkpoint_every_steps: int = 0         # 0 = only per epoch / minutes

@@ -227,3 +227,31 @@ def test_a_warmup_longer_than_the_run_is_cut_to_a_tenth_and_the_rate_ends_near_z
     peak = max(range(20), key=lambda i: lrs[i])
     assert peak <= 2 and lrs[peak] > 0.95e-2
     assert lrs[-1] < 0.01 * 1e-2
+
+
+def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(images, monkeypatch, capsys):
+    """--set cpu_bf16=true: on a CPU with native bf16 the step runs under bf16 autocast and the convs are
+    channels_last; on one without, a one-line notice and plain fp32."""
+    import math
+
+    from selfsup.engine import loop
+    from selfsup.methods.simclr import SimCLR
+    seen = []
+    forward = SimCLR.forward
+
+    def spy(self, batch):
+        conv = next(m for m in self.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+        seen.append((torch.is_autocast_enabled("cpu"), conv.weight.is_contiguous(memory_format=torch.channels_last)))
+        return forward(self, batch)
+    monkeypatch.setattr(SimCLR, "forward", spy)
+    for native in (True, False):
+        monkeypatch.setattr(loop, "native_bf16", lambda: native)
+        monkeypatch.setattr(loop.cpu_bf16, "warned", False, raising=False)
+        seen.clear()
+        res = selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, cpu_bf16=True)
+        assert math.isfinite(res.last_loss) and seen and all(s == (native, native) for s in seen), (native, seen)
+        notice = capsys.readouterr().out
+        assert ("no native bf16" in notice) == (not native)
+    seen.clear()
+    selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False)   # the default: fp32
+    assert seen and not any(autocast for autocast, _ in seen)

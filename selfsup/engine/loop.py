@@ -160,10 +160,33 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX), where bf16 autocast pays."""
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether this run trains in bf16 with channels_last on the CPU (``cfg.cpu_bf16`` on a CPU with
+    native bf16; elsewhere a one-line notice and fp32)."""
+    if device.type != "cpu" or not cfg.cpu_bf16:
+        return False
+    if not native_bf16():
+        if not getattr(cpu_bf16, "warned", False):
+            print("notice: --set cpu_bf16=true: this CPU has no native bf16 dot products (AVX512_BF16/AMX); "
+                  "training in fp32", flush=True)
+            cpu_bf16.warned = True
+        return False
+    return True
+
+
 def _place(method: nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
     """(method on ``device``, the module the step calls: the method, or DDP around it)."""
     method.to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device):
         method.to(memory_format=torch.channels_last)
     if world > 1 and cfg.sync_bn:
         if device.type != "cuda":
@@ -190,6 +213,7 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
     loss_sum, finite, logs = 0.0, True, {}
     micro = _split(batch, cfg.accumulate)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
+                else torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16(cfg, device)
                 else contextlib.nullcontext())
     for i, part in enumerate(micro):
         part = _to_device(part, device)
