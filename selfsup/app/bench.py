@@ -148,7 +148,7 @@ def _probe(kw: dict, data: DatasetSplits, seed: int, fraction: float, progress: 
 def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: dict, fractions=FT_FRACTIONS,
                progress: bool | None = False) -> None:
     from .evaluate import eval_splits
-    from .finetune import default_steps, finetune
+    from .finetune import batch_size_for, default_steps, finetune
     train_split, _ = eval_splits(data, seed)
     if "checkpoint" in kw:
         from ..runs import load_backbone
@@ -166,7 +166,7 @@ def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: di
         if budget.ft_minutes:
             timing = {"time_limit": budget.ft_minutes}
         else:
-            timing = {"steps": default_steps(n, min(128, max(8, n * 5 // 6 // 2)), budget.ft_epochs, budget.ft_min_steps)}
+            timing = {"steps": default_steps(n, batch_size_for(n), budget.ft_epochs, budget.ft_min_steps)}
         res = finetune(data=data, label_fraction=fraction, seed=seed, lrs=list(budget.ft_lrs), progress=progress,
                        **timing, **kw)
         row[col] = res["accuracy"]

@@ -39,6 +39,12 @@ def default_steps(n_labelled: int, batch_size: int, epochs: float = FT_EPOCHS, m
     return max(int(min_steps), math.ceil(epochs * n_labelled / batch_size))
 
 
+def batch_size_for(n_labelled: int, batch_size: int | None = None) -> int:
+    """The fine-tuning batch: ``batch_size`` (128), but small enough for two steps per epoch on the
+    5/6 of the labels that the lr search trains on."""
+    return min(batch_size or 128, max(8, n_labelled * 5 // 6 // 2))
+
+
 def too_short(steps: int, epochs: float) -> str | None:
     """Why a fine-tuning run is too short to have converged, or None."""
     if epochs < MIN_EPOCHS:
@@ -116,7 +122,7 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         name, subject = backbone or models.DEFAULT_BACKBONE, {"baseline": "supervised"}
     if len(labelled) < 12:
         raise SelfSupError(f"--label-fraction {label_fraction}: leaves {len(labelled)} labelled images, too few to fine-tune")
-    bs = min(batch_size or 128, max(8, len(labelled) * 5 // 6 // 2))   # at least two steps per epoch on the 5/6
+    bs = batch_size_for(len(labelled), batch_size)
     common = {"backbone": name, "seed": seed, "device": device, "batch_size": bs, **settings}
     if steps is None and epochs is None and not time_limit:
         steps = default_steps(len(labelled), bs)

@@ -18,12 +18,15 @@ K_GRID = (5, 10, 20, 50, 100, 200)
 
 @torch.no_grad()
 def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, ks, temperature: float = 0.1,
-                     num_classes: int | None = None, chunk: int = 1024) -> dict[int, torch.Tensor]:
-    """{k: predicted labels (M,)} for each k of ``ks``, from one top-k search of the largest."""
+                     num_classes: int | None = None, chunk: int = 1024, progress: bool | None = False,
+                     desc: str = "kNN") -> dict[int, torch.Tensor]:
+    """{k: predicted labels (M,)} for each k of ``ks``, from one top-k search of the largest;
+    ``progress``: a bar of queries done (None: when stderr is a terminal)."""
     num_classes = num_classes or int(bank_labels.max()) + 1
     bank = F.normalize(bank.float(), dim=1)
     ks = sorted({min(int(k), len(bank)) for k in ks})
     preds = {k: [] for k in ks}
+    shown = bar(total=len(queries), progress=progress, desc=f"{desc} k={','.join(map(str, ks))}", unit="query")
     for i in range(0, len(queries), chunk):
         q = F.normalize(queries[i:i + chunk].float(), dim=1)
         sim, idx = (q @ bank.T).topk(ks[-1], dim=1)                  # (m, k), most similar first
@@ -32,6 +35,8 @@ def knn_predict_many(bank: torch.Tensor, bank_labels: torch.Tensor, queries: tor
             votes = torch.zeros(len(q), num_classes)
             votes.scatter_add_(1, labels[:, :k], weights[:, :k])
             preds[k].append(votes.argmax(dim=1))
+        shown.update(len(q))
+    shown.close()
     return {k: torch.cat(p) for k, p in preds.items()}
 
 
@@ -40,21 +45,8 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
                 progress: bool | None = None, desc: str = "kNN") -> torch.Tensor:
     """Predicted labels (M,) for ``queries`` (M, D) given a labelled ``bank`` (N, D); ``progress``:
     a bar of queries done (None: when stderr is a terminal)."""
-    num_classes = num_classes or int(bank_labels.max()) + 1
-    bank = F.normalize(bank.float(), dim=1)
-    k = min(k, len(bank))
-    preds = []
-    shown = bar(total=len(queries), progress=progress, desc=f"{desc} k={k}", unit="query")
-    for i in range(0, len(queries), chunk):
-        q = F.normalize(queries[i:i + chunk].float(), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)                      # (m, k)
-        weights = (sim / temperature).exp()
-        votes = torch.zeros(len(q), num_classes)
-        votes.scatter_add_(1, bank_labels[idx], weights)
-        preds.append(votes.argmax(dim=1))
-        shown.update(len(q))
-    shown.close()
-    return torch.cat(preds)
+    many = knn_predict_many(bank, bank_labels, queries, [k], temperature, num_classes, chunk, progress, desc)
+    return next(iter(many.values()))
 
 
 def knn_accuracy(bank, bank_labels, queries, query_labels, k: int = 200, temperature: float = 0.1,
