@@ -49,6 +49,8 @@ class TrainConfig:
     channels_last: bool = True              # on CUDA
     cpu_bf16: bool = False                  # on the CPU: bf16 autocast + channels_last where the CPU has native bf16
                                             # dot products (AVX512_BF16 / AMX); off until shown to learn as fp32 does
+    compile: bool = False                   # torch.compile (inductor) the method's modules; a notice and eager where it
+                                            # fails. Off by default: on this CPU it paid 1.11x in fp32 and lost with cpu_bf16
     sync_bn: bool = False                   # SyncBatchNorm under torchrun
     subset: int = 0                         # train on the first N images of a seeded permutation; 0 = all
     checkpoint_every_steps: int = 0         # 0 = only per epoch / minutes

@@ -39,6 +39,8 @@ EXPECT = {
                        ["results/smoke/dino-vit_micro-attention-shapes-seed0.json"]),
     "mae.py": ("mae", ["masked-patch error on test: MAE", "fine-tuning, 100% labels: MAE fine-tuned",
                        "fine-tuning, 10% labels: same ViT from scratch"], ["results/smoke/mae-vit_micro-shapes-free-seed0.json"]),
+    "label_efficiency.py": ("label_efficiency", ["supervised", "simclr"], ["label_efficiency.png", "ft-simclr-50pct-s1.json",
+                                                                        "linear-simclr-100pct-s0.json", "runs/simclr/backbone.safetensors"]),
     "clip.py": ("clip", ["CLIP (text tower from scratch)", "locked pretrained all-MiniLM-L6-v2 (LiT)",
                          "trained from scratch (control)"], ["results/smoke/clip-fashion-unseen-lit-seed0.json"]),
 }

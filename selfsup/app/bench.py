@@ -504,7 +504,7 @@ def efficiency_plot(table: list[dict], path: Path, title: str) -> None:
         line = ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, linewidth=1.8 if sup else 1.2,
                            linestyle="--" if sup else "-", color="black" if sup else None,
                            label=f"{_label(t)}{' (from scratch)' if sup else ' (fine-tuned)'}")
-        lin = [(f, t[c], t.get(f"{c}_std", 0.0)) for c, f in (("linear_1pct", 0.01), ("linear", 1.0)) if c in t]
+        lin = [(f, t[c], t.get(f"{c}_std", 0.0)) for c, f in (("linear_1pct", 0.01), ("linear_10pct", 0.1), ("linear", 1.0)) if c in t]
         if lin and not sup:
             lx, ly, le = zip(*lin)
             ax.errorbar(lx, ly, yerr=le, linestyle=":", marker="s", ms=3, capsize=2, linewidth=1,

@@ -144,6 +144,9 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         if len(lrs) > 1:
             fit_idx, val_idx = stratified_split(labelled.labels, len(labelled), 1 / 6, seed)
             fit, val = labelled.subset(fit_idx), labelled.subset(val_idx)
+            if len(val) == 0 or len(fit) < 2:
+                raise SelfSupError(f"--label-fraction {label_fraction}: {len(labelled)} labelled images are too few to "
+                                   "hold out a sixth for the learning-rate search; give one rate (--lrs)")
             tried: dict = {}
 
             def score(lr: float) -> float:

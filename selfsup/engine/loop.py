@@ -134,7 +134,11 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     try:
         while st.step < total:
             for batch in source.epoch(st.step // spe, st.step % spe):
-                finite = _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
+                if getattr(method, "_compiled", None):   # the first step compiles: timed, and eager if it fails
+                    finite = _first_compiled_step(method, model, optimizer, batch, cfg, st, total, spe, device, rank,
+                                                  world, ckpt_path)
+                else:
+                    finite = _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
                 st.step += 1
                 log.step_done(finite, optimizer, source.global_batch, spe)
                 for hook in (hooks if main else ()):
@@ -183,11 +187,33 @@ def cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     return True
 
 
+def compile_modules(method: nn.Module) -> list[nn.Module]:
+    """``torch.compile`` (in place, so state_dict keys do not change) each direct child module of
+    ``method`` that holds parameters: the backbone, heads, projectors, teachers. The method's own
+    forward, with its random augmentation, stays eager. Returns the compiled modules; compilation
+    itself happens at their first call."""
+    done = []
+    for child in method.children():
+        if any(True for _ in child.parameters()):
+            child.compile(dynamic=False)
+            done.append(child)
+    return done
+
+
+def uncompile(modules: list[nn.Module]) -> None:
+    """Back to eager for modules compiled by :func:`compile_modules`."""
+    for m in modules:
+        m._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
 def _place(method: nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
     """(method on ``device``, the module the step calls: the method, or DDP around it)."""
     method.to(device)
     if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device):
         method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        method._compiled = compile_modules(method)
     if world > 1 and cfg.sync_bn:
         if device.type != "cuda":
             raise SelfSupError("--set sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
@@ -252,6 +278,32 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
         print(f"warning: non-finite loss at step {st.step}, step skipped "
               f"({st.skipped} of at most {cfg.skip_nonfinite})", flush=True)
     return False
+
+
+def _first_compiled_step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path) -> bool:
+    """The first step of a ``compile=true`` run: it compiles (its time is reported and counts in the
+    run's clock like any step). Where compilation fails (no C++ compiler, an unsupported op), a
+    one-line notice, and the run continues eagerly from the same RNG state."""
+    t = time.time()
+    compiled, method._compiled = method._compiled, None
+    try:
+        finite = _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
+    except SelfSupError:
+        raise
+    except Exception as e:   # inductor/dynamo failures have many types
+        uncompile(compiled)
+        optimizer.zero_grad(set_to_none=True)
+        cause = e
+        while (getattr(cause, "inner_exception", None) or cause.__cause__) is not None:   # dynamo wraps
+            cause = getattr(cause, "inner_exception", None) or cause.__cause__             # the compiler's error
+        why = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:200]
+        if rank == 0:
+            print(f"notice: --set compile=true: torch.compile failed ({type(cause).__name__}: {why}); "
+                  "training eagerly", flush=True)
+        return _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
+    if rank == 0:
+        print(f"compile: the first step compiled and ran in {time.time() - t:.1f} s (counted in the run's time)", flush=True)
+    return finite
 
 
 class _Log:
