@@ -8,11 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import SelfSupError
+# OpenMP threads that spin while they wait take the core from whatever else runs (the data path, a
+# second process): on the 2-core machine that cost small ops up to ~70x (benchmarks/augment_speed.py).
+# The command line waits passively unless the user chose; OpenMP reads it when torch first starts it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import SelfSupError  # noqa: E402
 
 # flags that map onto TrainConfig fields (dest -> field)
 TRAIN_FLAGS = ("backbone", "epochs", "batch_size", "lr", "device", "seed", "data_dir", "download", "strict",

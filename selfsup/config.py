@@ -56,6 +56,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0         # 0 = only per epoch / minutes
     checkpoint_every_minutes: float = 10.0
     log_every: int = 50                     # steps between metrics.jsonl lines
+    augment_threads: int = 1                # CPU threads for building views (0: as many as the model); 1 built views
+                                            # faster than 2 on the 2-core machine and leaves the model its threads
     num_workers: int = 0                    # DataLoader workers, for datasets that stream from disk
     strict: bool = False                    # fail on the first unreadable image instead of skipping
     monitor_every: float = 0.0              # epochs between online kNN/linear scores in metrics.jsonl; 0 = off
@@ -68,7 +70,7 @@ class TrainConfig:
         "lr": "> 0", "weight_decay": ">= 0", "momentum": "[0, 1)", "beta2": "[0, 1)", "warmup_epochs": ">= 0",
         "min_lr_ratio": "[0, 1]", "grad_clip": ">= 0", "skip_nonfinite": ">= 0", "time_limit": ">= 0", "seed": ">= 0",
         "subset": ">= 0", "checkpoint_every_steps": ">= 0", "checkpoint_every_minutes": ">= 0", "log_every": ">= 1",
-        "num_workers": ">= 0", "monitor_every": ">= 0", "steps": ">= 0", "warmup_max": "[0, 1]",
+        "num_workers": ">= 0", "augment_threads": ">= 0", "monitor_every": ">= 0", "steps": ">= 0", "warmup_max": "[0, 1]",
     }
 
 

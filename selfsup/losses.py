@@ -1,9 +1,26 @@
 """Losses shared by several methods, and the gather that keeps gradients across processes."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+
+def in_fp32(fn):
+    """Run a loss in float32 whatever autocast is on (bf16 on the CPU with cpu_bf16, on CUDA with
+    amp): a cosine similarity near 1 has a bf16 step of 0.004, which T = 0.1 makes 0.04 of a logit,
+    and the matmul's sums round too. Half-precision tensor arguments are cast to float32 (float64
+    stays); the backbone and heads before the loss keep running in bf16."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        up = lambda a: a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.bfloat16, torch.float16) else a  # noqa: E731
+        with torch.autocast(device, enabled=False):
+            return fn(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+    return wrapper
 
 
 def world() -> tuple[int, int]:
@@ -54,6 +71,7 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+@in_fp32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """NT-Xent (SimCLR) over two views, with negatives from every process.
 

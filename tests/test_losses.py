@@ -46,3 +46,33 @@ def test_nt_xent_gradient_flows_to_both_views():
     loss, _ = nt_xent(z1, z2, 0.2)
     loss.backward()
     assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("device_autocast", ["cpu"])
+def test_contrastive_losses_run_in_fp32_under_bf16_autocast(device_autocast):
+    """Under bf16 autocast (cpu_bf16, CUDA amp) the similarity matmuls of NT-Xent, MoCo's InfoNCE and
+    CLIP still run in float32: the loss and its gradient equal the fp32 ones, where a bf16 matmul
+    divided by the temperature would be off by whole hundredths."""
+    from selfsup.methods.clip import clip_loss
+    from selfsup.methods.moco import batch_contrast, info_nce
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    neg = F.normalize(torch.randn(64, 16, generator=g), dim=1)
+    cases = [lambda a, b: nt_xent(a, b, 0.1)[0],
+             lambda a, b: info_nce(F.normalize(a, dim=1), F.normalize(b, dim=1), neg, 0.1)[0],
+             lambda a, b: batch_contrast(F.normalize(a, dim=1), F.normalize(b, dim=1), 0.1)[0],
+             lambda a, b: clip_loss(F.normalize(a, dim=1), F.normalize(b, dim=1), torch.tensor(10.0))[0]]
+    for loss in cases:
+        a, b = z1.clone().requires_grad_(), z2.clone()
+        ref = loss(a, b)
+        ref.backward()
+        a2 = z1.clone().requires_grad_()
+        with torch.autocast(device_autocast, dtype=torch.bfloat16):
+            got = loss(a2, b)
+        got.backward()
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6), (float(got), float(ref))
+        assert torch.allclose(a2.grad, a.grad, rtol=1e-4, atol=1e-6)
+    # the guard is what makes the difference: the same matmul left to autocast is bf16
+    with torch.autocast(device_autocast, dtype=torch.bfloat16):
+        assert (z1 @ z2.T).dtype == torch.bfloat16

@@ -9,12 +9,34 @@ per-sample factors); ``tests/test_augment.py`` checks each against it with a sta
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+# CPU threads for building views (0: torch's own setting). Views are many small elementwise ops on
+# [B, C, 28, 28] tensors, where starting threads costs more than they give: one thread built 1.1-1.2x
+# the views/s of two on the 2-core machine (BENCHMARKS.md, augment-speed), and left the model its
+# threads. The training loop sets it from TrainConfig.augment_threads.
+THREADS = 1
+
+
+@contextlib.contextmanager
+def view_threads(x: torch.Tensor):
+    """Run the enclosed view building with :data:`THREADS` CPU threads (CPU tensors only)."""
+    old = torch.get_num_threads()
+    if x.device.type != "cpu" or THREADS <= 0 or THREADS >= old:
+        yield
+        return
+    torch.set_num_threads(THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------- random parameters (on the CPU)
@@ -259,7 +281,13 @@ class ViewConfig:
 def make_view(images: torch.Tensor, cfg: ViewConfig, mean: Sequence[float], std: Sequence[float],
               generator=None) -> torch.Tensor:
     """One augmented, normalised view ``[B, C, size, size]`` of ``images [B, C, H, W]`` (uint8 or
-    float in [0, 1]): crop + flip, colour jitter, grayscale, blur, solarize, normalise."""
+    float in [0, 1]): crop + flip, colour jitter, grayscale, blur, solarize, normalise; on the CPU
+    with :data:`THREADS` threads."""
+    with view_threads(images):
+        return _make_view(images, cfg, mean, std, generator)
+
+
+def _make_view(images, cfg: ViewConfig, mean, std, generator=None) -> torch.Tensor:
     x = to_float(images)
     B, C, H, W = x.shape
     boxes = sample_crop_boxes(B, H, W, cfg.scale, cfg.ratio, generator)
@@ -286,8 +314,9 @@ def make_views(images: torch.Tensor, cfgs: Sequence[ViewConfig], mean: Sequence[
                generator=None) -> list[torch.Tensor]:
     """One view per recipe in ``cfgs`` (e.g. 2 global + k local crops), each ``[B, C, size, size]``;
     the batch is converted to float once."""
-    x = to_float(images)
-    return [make_view(x, cfg, mean, std, generator) for cfg in cfgs]
+    with view_threads(images):
+        x = to_float(images)
+        return [_make_view(x, cfg, mean, std, generator) for cfg in cfgs]
 
 
 def multi_crop(images: torch.Tensor, global_cfg: ViewConfig, n_global: int, local_cfg: ViewConfig, n_local: int,

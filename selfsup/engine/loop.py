@@ -38,6 +38,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..config import TrainConfig, to_dict
+from ..data import augment
 from ..errors import SelfSupError
 from ..runs.checkpoint import save_checkpoint
 from ..schedules import warmup_cosine
@@ -107,6 +108,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     it, None shows it when stderr is a terminal."""
     rank, world = source.rank, source.world
     main = rank == 0
+    augment.THREADS = cfg.augment_threads
     method, model = _place(method, cfg, device, world)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.beta2)
     spe = source.steps_per_epoch

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
-from ..losses import gather_with_grad, world
+from ..losses import gather_with_grad, in_fp32, world
 from ..models.text import BPETokenizer, LockedTextEncoder, TextTransformer
 from .base import DataInfo, Method, Picture, denormalize
 
@@ -66,6 +66,7 @@ class Config:
     }
 
 
+@in_fp32
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, local_loss: bool = False):
     """Symmetric InfoNCE over image-text pairs, with the embeddings of every process.
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import ViewConfig, make_view
-from ..losses import gather_no_grad, world
+from ..losses import gather_no_grad, in_fp32, world
 from ..models import is_vit
 from ..models.heads import ema_update, mlp
 from ..schedules import cosine_to_one
@@ -96,6 +96,7 @@ class ConfigV3:
 
 # ----------------------------------------------------------------------------- losses
 
+@in_fp32
 def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float):
     """InfoNCE with one positive per query (MoCo v1/v2): CE over logits ``[q.k, q.negatives] / T``, label 0.
 
@@ -109,6 +110,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperat
     return F.cross_entropy(logits, labels), (logits.argmax(dim=1) == 0).float().mean()
 
 
+@in_fp32
 def batch_contrast(q: torch.Tensor, keys: torch.Tensor, temperature: float):
     """MoCo v3's ``ctr``: each local query's positive is its own key among the keys of the global batch.
 
