@@ -230,10 +230,12 @@ def test_a_warmup_longer_than_the_run_is_cut_to_a_tenth_and_the_rate_ends_near_z
 
 
 def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(images, monkeypatch, capsys):
-    """--set cpu_bf16=true: on a CPU with native bf16 the step runs under bf16 autocast and the convs are
-    channels_last; on one without, a one-line notice and plain fp32."""
+    """cpu_bf16 (on by default): on a CPU with native bf16 the step runs under bf16 autocast and the
+    convs are channels_last; on one without, plain fp32, with a one-line notice only when the user
+    asked for it. cpu_bf16=false is fp32 everywhere."""
     import math
 
+    from selfsup.app import train as app_train
     from selfsup.engine import loop
     from selfsup.methods.simclr import SimCLR
     seen = []
@@ -246,12 +248,14 @@ def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(
     monkeypatch.setattr(SimCLR, "forward", spy)
     for native in (True, False):
         monkeypatch.setattr(loop, "native_bf16", lambda: native)
-        monkeypatch.setattr(loop.cpu_bf16, "warned", False, raising=False)
-        seen.clear()
-        res = selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, cpu_bf16=True)
-        assert math.isfinite(res.last_loss) and seen and all(s == (native, native) for s in seen), (native, seen)
-        notice = capsys.readouterr().out
-        assert ("no native bf16" in notice) == (not native)
+        for asked in ({"cpu_bf16": True}, {}):
+            monkeypatch.setattr(app_train._bf16_notice, "shown", False, raising=False)
+            seen.clear()
+            res = selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, **asked)
+            assert math.isfinite(res.last_loss) and seen and all(s == (native, native) for s in seen), (native, seen)
+            notice = capsys.readouterr().out
+            assert ("no native bf16" in notice) == (not native and bool(asked)), (native, asked, notice)
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)
     seen.clear()
-    selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False)   # the default: fp32
-    assert seen and not any(autocast for autocast, _ in seen)
+    selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, cpu_bf16=False)
+    assert seen and not any(autocast or cl for autocast, cl in seen)

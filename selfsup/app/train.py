@@ -180,6 +180,7 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
     if out is not None:
         check_writable(out, "--out")   # before any data is loaded
     device = pick_device(cfg.device)
+    _bf16_notice(cfg, device, overrides)
     rank, world = setup_processes(device)
     run_dir = None
     if out is not None:
@@ -220,6 +221,17 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
         if sink is not None:
             sink.close()
     return result
+
+
+def _bf16_notice(cfg, device, overrides: dict) -> None:
+    """One line (once per process) when the user asked for cpu_bf16 on a CPU without native bf16,
+    where the run trains in fp32; the default says nothing."""
+    from ..engine.loop import native_bf16
+    if "cpu_bf16" in overrides and cfg.cpu_bf16 and device.type == "cpu" and not native_bf16() \
+            and not getattr(_bf16_notice, "shown", False):
+        print("notice: --set cpu_bf16=true: this CPU has no native bf16 dot products (AVX512_BF16/AMX); "
+              "training in fp32", flush=True)
+        _bf16_notice.shown = True
 
 
 def load_method(run_dir: str | Path) -> Method:

@@ -176,17 +176,9 @@ def native_bf16() -> bool:
 
 
 def cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether this run trains in bf16 with channels_last on the CPU (``cfg.cpu_bf16`` on a CPU with
-    native bf16; elsewhere a one-line notice and fp32)."""
-    if device.type != "cpu" or not cfg.cpu_bf16:
-        return False
-    if not native_bf16():
-        if not getattr(cpu_bf16, "warned", False):
-            print("notice: --set cpu_bf16=true: this CPU has no native bf16 dot products (AVX512_BF16/AMX); "
-                  "training in fp32", flush=True)
-            cpu_bf16.warned = True
-        return False
-    return True
+    """Whether this run trains in bf16 with channels_last on the CPU: ``cfg.cpu_bf16`` (the default)
+    on a CPU with native bf16; fp32 elsewhere (the app layer says so when the user asked for it)."""
+    return device.type == "cpu" and cfg.cpu_bf16 and native_bf16()
 
 
 def compile_modules(method: nn.Module) -> list[nn.Module]:
