@@ -47,8 +47,9 @@ class TrainConfig:
     device: str = "auto"                    # auto | cpu | cuda
     amp: bool = True                        # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True              # on CUDA
-    cpu_bf16: bool = True                   # on the CPU: bf16 autocast + channels_last where the CPU has native bf16
-                                            # dot products (AVX512_BF16 / AMX), losses in fp32; fp32 elsewhere
+    cpu_bf16: str = "auto"                  # auto | true | false: bf16 autocast + channels_last on CPUs with native bf16
+                                            # dot products (AVX512_BF16 / AMX), losses in fp32. auto: convolutional
+                                            # backbones (2x there; on the small ViTs bf16 was slower than fp32)
     compile: bool = False                   # torch.compile (inductor) the method's modules; a notice and eager where it
                                             # fails. Off by default: on the 2-core CPU it paid 1.11x in fp32 and lost to eager bf16
     sync_bn: bool = False                   # SyncBatchNorm under torchrun
@@ -70,7 +71,7 @@ class TrainConfig:
         "lr": "> 0", "weight_decay": ">= 0", "momentum": "[0, 1)", "beta2": "[0, 1)", "warmup_epochs": ">= 0",
         "min_lr_ratio": "[0, 1]", "grad_clip": ">= 0", "skip_nonfinite": ">= 0", "time_limit": ">= 0", "seed": ">= 0",
         "subset": ">= 0", "checkpoint_every_steps": ">= 0", "checkpoint_every_minutes": ">= 0", "log_every": ">= 1",
-        "num_workers": ">= 0", "augment_threads": ">= 0", "monitor_every": ">= 0", "steps": ">= 0", "warmup_max": "[0, 1]",
+        "num_workers": ">= 0", "augment_threads": ">= 0", "monitor_every": ">= 0", "steps": ">= 0", "warmup_max": "[0, 1]", "cpu_bf16": ("auto", "true", "false"),
     }
 
 
@@ -86,6 +87,8 @@ def _convert(value, typ, key: str):
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if typ is str and isinstance(value, bool):   # a yes/no setting that also has "auto"
+            return "true" if value else "false"
         if typ in (int, float, str):
             if typ is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError

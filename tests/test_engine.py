@@ -230,9 +230,10 @@ def test_a_warmup_longer_than_the_run_is_cut_to_a_tenth_and_the_rate_ends_near_z
 
 
 def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(images, monkeypatch, capsys):
-    """cpu_bf16 (on by default): on a CPU with native bf16 the step runs under bf16 autocast and the
-    convs are channels_last; on one without, plain fp32, with a one-line notice only when the user
-    asked for it. cpu_bf16=false is fp32 everywhere."""
+    """cpu_bf16 ("auto" by default): on a CPU with native bf16 the step of a convolutional backbone
+    runs under bf16 autocast with channels_last convs, and a ViT's stays fp32 unless "true"; on a
+    CPU without native bf16, plain fp32, with a one-line notice only when the user asked for it.
+    "false" is fp32 everywhere."""
     import math
 
     from selfsup.app import train as app_train
@@ -242,20 +243,25 @@ def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(
     forward = SimCLR.forward
 
     def spy(self, batch):
-        conv = next(m for m in self.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
-        seen.append((torch.is_autocast_enabled("cpu"), conv.weight.is_contiguous(memory_format=torch.channels_last)))
+        conv = next((m for m in self.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1), None)
+        seen.append((torch.is_autocast_enabled("cpu"),
+                     conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last)))
         return forward(self, batch)
     monkeypatch.setattr(SimCLR, "forward", spy)
     for native in (True, False):
         monkeypatch.setattr(loop, "native_bf16", lambda: native)
-        for asked in ({"cpu_bf16": True}, {}):
+        for asked in ({"cpu_bf16": True}, {"cpu_bf16": "auto"}, {}):
             monkeypatch.setattr(app_train._bf16_notice, "shown", False, raising=False)
             seen.clear()
             res = selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, **asked)
             assert math.isfinite(res.last_loss) and seen and all(s == (native, native) for s in seen), (native, seen)
             notice = capsys.readouterr().out
-            assert ("no native bf16" in notice) == (not native and bool(asked)), (native, asked, notice)
+            assert ("no native bf16" in notice) == (not native and asked.get("cpu_bf16") is True), (native, asked, notice)
     monkeypatch.setattr(loop, "native_bf16", lambda: True)
-    seen.clear()
-    selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, cpu_bf16=False)
-    assert seen and not any(autocast or cl for autocast, cl in seen)
+    for asked, autocast in (({"cpu_bf16": False}, False), ({}, False), ({"cpu_bf16": "true"}, True)):
+        seen.clear()
+        backbone = "resnet18_quarter" if asked.get("cpu_bf16") is False else "vit_micro"
+        selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, backbone=backbone, **asked)
+        assert seen and all(a == autocast for a, _ in seen), (asked, backbone, seen)
+    with pytest.raises(SelfSupError, match="cpu_bf16"):
+        selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, cpu_bf16="sometimes")

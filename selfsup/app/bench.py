@@ -218,7 +218,7 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
                    else f"needs colour (RGB) images; {data.name} has {data.train.channels} channel(s)"
                    if cls.input_space == "lab_l" and data.train.channels != 3 else None)
             if why:   # the method cannot use this data: a skipped row, not a failure
-                row.update(status="skipped", notes=[f"{subject} {why}"])
+                row.update(status="skipped", notes=[f"{subject} {why}"], minutes=0.0)
                 return row
             run_dir = out / "runs" / f"{subject}-seed{seed}"
             res = train(subject, data=data, out=run_dir, overwrite=True, progress=progress, backbone=backbone,

@@ -32,9 +32,9 @@ class Budget:
 
 BUDGETS = {
     # smoke: does every method run end to end, on any dataset, within 5 minutes: a 2,000-image subset
-    # (1,000 test images), a few seconds of pretraining, 40-step fine-tuning with one learning rate
-    "smoke": Budget("smoke", "resnet18_quarter", "vit_micro", minutes=0.1, max_epochs=2, ft_epochs=1, ft_min_steps=40,
-                    ft_lrs=(1e-3,), subsample=2000, test_subsample=1000),
+    # (500 test images), 3 seconds of pretraining, 20-step fine-tuning with one learning rate
+    "smoke": Budget("smoke", "resnet18_quarter", "vit_micro", minutes=0.05, max_epochs=2, ft_epochs=1, ft_min_steps=20,
+                    ft_lrs=(1e-3,), subsample=2000, test_subsample=500),
     # cpu: Fashion-MNIST, every method + baselines, one seed within 150 minutes on two cores
     "cpu": Budget("cpu", "resnet18_quarter", "vit_micro", minutes=3.0, max_epochs=1000, ft_epochs=10, ft_min_steps=300,
                   ft_full=2),

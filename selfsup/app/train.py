@@ -227,7 +227,7 @@ def _bf16_notice(cfg, device, overrides: dict) -> None:
     """One line (once per process) when the user asked for cpu_bf16 on a CPU without native bf16,
     where the run trains in fp32; the default says nothing."""
     from ..engine.loop import native_bf16
-    if "cpu_bf16" in overrides and cfg.cpu_bf16 and device.type == "cpu" and not native_bf16() \
+    if "cpu_bf16" in overrides and cfg.cpu_bf16 == "true" and device.type == "cpu" and not native_bf16() \
             and not getattr(_bf16_notice, "shown", False):
         print("notice: --set cpu_bf16=true: this CPU has no native bf16 dot products (AVX512_BF16/AMX); "
               "training in fp32", flush=True)

@@ -40,6 +40,7 @@ from .. import distributed as dist
 from ..config import TrainConfig, to_dict
 from ..data import augment
 from ..errors import SelfSupError
+from ..models import is_vit
 from ..runs.checkpoint import save_checkpoint
 from ..schedules import warmup_cosine
 from .batches import BatchSource
@@ -175,10 +176,13 @@ def native_bf16() -> bool:
         return False
 
 
-def cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether this run trains in bf16 with channels_last on the CPU: ``cfg.cpu_bf16`` (the default)
-    on a CPU with native bf16; fp32 elsewhere (the app layer says so when the user asked for it)."""
-    return device.type == "cpu" and cfg.cpu_bf16 and native_bf16()
+def cpu_bf16(cfg: TrainConfig, device: torch.device, method: nn.Module | None = None) -> bool:
+    """Whether this run trains in bf16 with channels_last on the CPU: only on a CPU with native bf16;
+    ``cfg.cpu_bf16`` "true" for any backbone, "auto" (the default) for convolutional ones (on the
+    small ViTs bf16 autocast was slower than fp32: BENCHMARKS.md, step-speed), "false" never."""
+    if device.type != "cpu" or cfg.cpu_bf16 == "false" or not native_bf16():
+        return False
+    return cfg.cpu_bf16 == "true" or not is_vit(getattr(method, "backbone", None))
 
 
 def compile_modules(method: nn.Module) -> list[nn.Module]:
@@ -204,7 +208,7 @@ def uncompile(modules: list[nn.Module]) -> None:
 def _place(method: nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
     """(method on ``device``, the module the step calls: the method, or DDP around it)."""
     method.to(device)
-    if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device):
+    if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device, method):
         method.to(memory_format=torch.channels_last)
     if cfg.compile:
         method._compiled = compile_modules(method)
@@ -233,7 +237,7 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
     loss_sum, finite, logs = 0.0, True, {}
     micro = _split(batch, cfg.accumulate)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
-                else torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16(cfg, device)
+                else torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16(cfg, device, method)
                 else contextlib.nullcontext())
     for i, part in enumerate(micro):
         part = _to_device(part, device)
