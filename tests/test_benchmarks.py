@@ -41,6 +41,8 @@ EXPECT = {
                        "fine-tuning, 10% labels: same ViT from scratch"], ["results/smoke/mae-vit_micro-shapes-free-seed0.json"]),
     "label_efficiency.py": ("label_efficiency", ["supervised", "simclr"], ["label_efficiency.png", "ft-simclr-50pct-s1.json",
                                                                         "linear-simclr-100pct-s0.json", "runs/simclr/backbone.safetensors"]),
+    "compile_speed.py": ("compile-speed", ["eager, fp32", "compiled, fp32", "eager, bf16 + channels_last",
+                                           "compiled, bf16 + channels_last"], []),
     "step_speed.py": ("step-speed", ["simclr", "rotation", "moco", "dino", "mae"], []),
     "clip.py": ("clip", ["CLIP (text tower from scratch)", "locked pretrained all-MiniLM-L6-v2 (LiT)",
                          "trained from scratch (control)"], ["results/smoke/clip-fashion-unseen-lit-seed0.json"]),
