@@ -67,8 +67,10 @@ def pretrain(arm: str, args, data, out: Path) -> Path:
     run = out / "runs" / arm
     key = {"arm": arm, "epochs": args.pretrain_epochs, "data": args.data, "set": args.set, "seed": 0}
     unit = out / f"pretrain-{arm}.json"
-    if _load(unit, key) and (run / "backbone.safetensors").exists():
+    if _load(unit, key) and (args.table_only or (run / "backbone.safetensors").exists()):
         return run
+    if args.table_only:
+        return None
     t0 = time.time()
     res = train(arm, data=data, out=run, overwrite=True, epochs=args.pretrain_epochs, seed=0, progress=args.progress,
                 **args.settings)
@@ -87,6 +89,8 @@ def unit_ft(arm: str, run: Path | None, fraction: float, seed: int, args, data, 
            "set": args.set, "pretrain_epochs": args.pretrain_epochs if run else None}
     path = out / f"ft-{arm}-{_pct(fraction)[:-1]}pct-s{seed}.json"
     saved = _load(path, key)
+    if saved is None and args.table_only:
+        return None
     if saved is None:
         where = {"checkpoint": str(run)} if run else {"baseline": SUP}
         res = finetune(data=data, label_fraction=fraction, seed=seed, lrs=lrs, steps=steps, progress=args.progress,
@@ -105,6 +109,8 @@ def unit_linear(arm: str, run: Path, fraction: float, seed: int, args, data, out
            "pretrain_epochs": args.pretrain_epochs}
     path = out / f"linear-{arm}-{_pct(fraction)[:-1]}pct-s{seed}.json"
     saved = _load(path, key)
+    if saved is None and args.table_only:
+        return None
     if saved is None:
         t0 = time.time()
         res = evaluate(["linear"], checkpoint=run, data=data, seed=seed, label_fraction=fraction,
@@ -186,6 +192,7 @@ def main():
     ap.add_argument("--out", default=str(HERE / "results" / "label_efficiency"))
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="summarise the units already in --out; run nothing")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 1 pretraining epoch, 20-step fine-tuning")
     args = ap.parse_args()
     if args.smoke:
@@ -209,14 +216,20 @@ def main():
     ft, lin, chosen = {}, {}, {}
     for f in fractions:
         for arm in arms:
+            if arm != SUP and runs[arm] is None:   # --table-only, not pretrained yet
+                continue
             for seed in sorted(seeds, key=lambda s: (s not in args.search_seeds, s)):   # searching seeds first
-                ft.setdefault((arm, f), []).append(unit_ft(arm, runs.get(arm), f, seed, args, data, out, chosen))
+                unit = unit_ft(arm, runs.get(arm), f, seed, args, data, out, chosen)
+                if unit is not None:
+                    ft.setdefault((arm, f), []).append(unit)
                 if arm != SUP:
-                    lin.setdefault((arm, f), []).append(unit_linear(arm, runs[arm], f, seed, args, data, out))
+                    unit = unit_linear(arm, runs[arm], f, seed, args, data, out)
+                    if unit is not None:
+                        lin.setdefault((arm, f), []).append(unit)
     table, plot = summarise(arms, fractions, ft, lin)
     efficiency_plot(plot, out / "label_efficiency.png", args.data)
     pre = []
-    for arm in runs:
+    for arm in (a for a, r in runs.items() if r is not None):
         p = json.loads((out / f"pretrain-{arm}.json").read_text())
         pre.append(f"{arm}: {args.pretrain_epochs:g} epochs, {p['steps']} steps, {p['seconds'] / 60:.1f} min at "
                    f"{p['images_per_s']:.0f} images/s")
