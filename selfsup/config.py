@@ -51,7 +51,7 @@ class TrainConfig:
                                             # dot products (AVX512_BF16 / AMX), losses in fp32. auto: convolutional
                                             # backbones (2x there; on the small ViTs bf16 was slower than fp32)
     compile: bool = False                   # torch.compile (inductor) the method's modules; a notice and eager where it
-                                            # fails. Off by default: on the 2-core CPU it paid 1.11x in fp32 and lost to eager bf16
+                                            # fails. Off by default: on the 2-core CPU 1.11-1.26x in fp32, nothing over eager bf16
     sync_bn: bool = False                   # SyncBatchNorm under torchrun
     subset: int = 0                         # train on the first N images of a seeded permutation; 0 = all
     checkpoint_every_steps: int = 0         # 0 = only per epoch / minutes
