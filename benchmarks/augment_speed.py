@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import torchvision.transforms.v2 as T  # noqa: E402
 
+from per_image import PerImageViews, tv_transform  # noqa: E402
 from record import record, smoke_dir  # noqa: E402
 from selfsup.data import augment  # noqa: E402
 from selfsup.data.augment import ViewConfig, make_views  # noqa: E402
@@ -58,29 +58,6 @@ def recipe(channels: int, side: int) -> ViewConfig:
     return ViewConfig(size=side)
 
 
-def tv_transform(cfg: ViewConfig, mean, std) -> T.Compose:
-    jitter = T.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
-    ops = [T.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio),
-           T.RandomHorizontalFlip(cfg.flip_p), T.RandomApply([jitter], p=cfg.jitter_p)]
-    if cfg.gray_p > 0:
-        ops.append(T.RandomGrayscale(cfg.gray_p))
-    return T.Compose(ops + [T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
-
-
-class TwoViews(torch.utils.data.Dataset):
-    """A uint8 tensor dataset giving two independently augmented views of each image."""
-
-    def __init__(self, images: torch.Tensor, transform):
-        self.images, self.transform = images, transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        img = self.images[i]
-        return self.transform(img), self.transform(img)
-
-
 def timed(step, views_per_step: int, warmup: int = 3) -> float:
     """Views/s of ``step()`` over about SECONDS, after ``warmup`` calls."""
     for _ in range(warmup):
@@ -103,7 +80,7 @@ def bench_ours(images: torch.Tensor, cfg: ViewConfig, mean, std) -> float:
 
 
 def bench_torchvision(images: torch.Tensor, cfg: ViewConfig, mean, std) -> float:
-    loader = torch.utils.data.DataLoader(TwoViews(images, tv_transform(cfg, mean, std)), batch_size=BATCH,
+    loader = torch.utils.data.DataLoader(PerImageViews(images, [tv_transform(cfg, mean, std)] * 2), batch_size=BATCH,
                                          shuffle=True, num_workers=WORKERS, drop_last=True,
                                          persistent_workers=True, prefetch_factor=4)
     state = {"it": iter(loader)}

@@ -35,9 +35,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-import torchvision.transforms.v2 as T  # noqa: E402
 
 import selfsup  # noqa: E402
+from per_image import PerImageViews, tv_transform  # noqa: E402
 from record import SMOKE_DATA, record, smoke_dir  # noqa: E402
 from selfsup.app.train import build_method, resolve_config  # noqa: E402
 from selfsup.data.datasets import load_dataset  # noqa: E402
@@ -46,34 +46,6 @@ from selfsup.engine.loop import native_bf16  # noqa: E402
 
 WORKERS = 2
 TARGET = 2.0   # issue 16: selfsup's default end to end >= 2x the per-image pipeline
-
-
-def tv_transform(cfg, mean, std):
-    """torchvision v2's per-image version of one ``ViewConfig``."""
-    ops = [T.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio, antialias=True),
-           T.RandomHorizontalFlip(cfg.flip_p)]
-    if cfg.jitter_p > 0:
-        ops.append(T.RandomApply([T.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p))
-    if cfg.gray_p > 0:
-        ops.append(T.RandomGrayscale(cfg.gray_p))
-    if cfg.blur_p > 0:
-        k = cfg.blur_kernel or max(3, int(0.1 * cfg.size) | 1)
-        ops.append(T.RandomApply([T.GaussianBlur(k, cfg.blur_sigma)], p=cfg.blur_p))
-    if cfg.solarize_p > 0:
-        ops.append(T.RandomSolarize(128, p=cfg.solarize_p))
-    return T.Compose(ops + [T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
-
-
-class PerImageViews(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor, transforms):
-        self.images, self.transforms = images, transforms
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        img = self.images[i]
-        return tuple(t(img) for t in self.transforms)
 
 
 def recipes(method) -> list:

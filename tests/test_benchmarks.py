@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 # modules under benchmarks/ that are not scripts: imported by them, no command line of their own
-LIBRARIES = {"record.py": "record() and smoke_dir(), the BENCHMARKS.md writer every script calls"}
+LIBRARIES = {"record.py": "record() and smoke_dir(), the BENCHMARKS.md writer every script calls",
+             "per_image.py": "the per-image torchvision pipeline that augment_speed.py and step_speed.py compare against"}
 OWN_TEST = {"gpu_check.py": "tests/test_gpu_check.py runs its --dry-run (alias --smoke): the GPU check's code path on the CPU"}
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name not in LIBRARIES and p.name not in OWN_TEST)
 PROBES = ("knn", "linear")
