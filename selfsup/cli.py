@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finetune: optimiser steps per training run (default: 10 epochs over the labelled images, "
                         "at least 1000 steps)")
     e.add_argument("--epochs", type=float, default=None, help="finetune: epochs over the labelled images (instead of --steps)")
+    e.add_argument("--search-share", type=float, default=1.0,
+                   help="finetune: each learning-rate candidate trains for this share of the budget (default 1)")
     e.add_argument("--time-limit", type=float, default=0.0, help="finetune: minutes per training run")
     e.add_argument("--batch-size", type=int, default=None, help="finetune: batch size (default 128)")
     e.add_argument("--classes", default=None, help="zeroshot: comma-separated class names (default: the dataset's)")
@@ -250,6 +252,7 @@ def _eval(args) -> int:
     if args.baseline == "supervised":
         raise SelfSupError("--baseline supervised is fine-tuning's from-scratch arm: use it with eval finetune")
     for opt, given in (("--lrs", args.lrs), ("--steps", args.steps), ("--epochs", args.epochs), ("--time-limit", args.time_limit),
+                       ("--search-share", args.search_share != 1.0),
                        ("--batch-size", args.batch_size), ("--set", args.set)):
         if given:
             raise SelfSupError(f"{opt} applies to eval finetune only")
@@ -311,6 +314,7 @@ def _finetune(args) -> int:
     res = finetune(checkpoint=args.checkpoint, data=args.data, baseline=args.baseline, backbone=args.backbone,
                    label_fraction=args.label_fraction, seed=args.seed, lrs=lrs, steps=args.steps, epochs=args.epochs,
                    time_limit=args.time_limit, batch_size=args.batch_size, on=args.on, device=args.device,
+                   search_share=args.search_share,
                    data_dir=args.data_dir, out=args.out, progress=False if args.no_progress else None, **settings)
     who = res.get("checkpoint") or "supervised from scratch"
     print(f"finetune accuracy {res['accuracy']:.4f} ({who}, {res['backbone']}, {res['data']}, {res['n_train']} train / "

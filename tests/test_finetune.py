@@ -155,3 +155,24 @@ def test_a_run_too_short_to_converge_is_flagged(pretrained):
     assert default_steps(600, 128) == 1000 and default_steps(60000, 128) == 4688   # a floor for small fractions
     res = selfsup.finetune(baseline="supervised", data=DATA, lrs=[2e-3], steps=6)
     assert res["steps"] == 6 and res["short"]
+
+
+def test_search_share_shortens_only_the_candidates(monkeypatch):
+    """--search-share S: each learning-rate candidate trains for S of the steps, the final run for all."""
+    from selfsup.app import finetune as ft
+    seen = []
+
+    class Res:
+        def __init__(self, steps):
+            self.steps, self.config = steps, type("C", (), {"batch_size": 8})()
+
+    def fake(labelled, scored, settings, run_dir, progress=False):
+        seen.append((settings["lr"], settings["steps"]))
+        return 1.0 - abs(settings["lr"] - 1e-3), Res(settings["steps"])
+    monkeypatch.setattr(ft, "_train_and_score", fake)
+    res = ft.finetune(baseline="supervised", data=DATA, steps=90, lrs=[3e-4, 1e-3, 3e-3], search_share=1 / 3,
+                      progress=False)
+    assert [s for _, s in seen[:-1]] == [30, 30, 30] and seen[-1] == (1e-3, 90)
+    assert res["search_share"] == pytest.approx(1 / 3) and res["steps"] == 90
+    with pytest.raises(SelfSupError, match="search-share"):
+        ft.finetune(baseline="supervised", data=DATA, steps=90, search_share=0)

@@ -85,7 +85,7 @@ def _train_and_score(labelled: ImageSet, scored: ImageSet, settings: dict, run_d
 def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | None = None, baseline: str | None = None,
              backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0, lrs=None, steps: int | None = None,
              epochs: float | None = None, time_limit: float = 0.0, extend: bool = True, batch_size: int | None = None,
-             on: str = "test", device: str = "auto",
+             on: str = "test", device: str = "auto", search_share: float = 1.0,
              data_dir: str | None = None, download: bool = False, out: str | Path | None = None,
              progress: bool | None = None, **settings) -> dict:
     """Fine-tune a run's backbone (``checkpoint``) or train ``baseline="supervised"`` from scratch;
@@ -96,7 +96,9 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
     :func:`default_steps`), or ``epochs``, or ``time_limit`` (minutes); the warm-up and the decay
     follow the run's own length under each. ``settings`` (``backbone_lr_scale``, ``layer_decay``,
     ``freeze_stages``, ``crop_min``, ...) pass to the training. The result carries ``short``: why
-    the run was too short to converge, or None. ``progress``: a bar of the training runs (each lr
+    the run was too short to converge, or None. ``search_share`` in (0, 1]: each learning-rate
+    candidate trains for this share of the budget (the final run for all of it), a cheaper search
+    whose winner is then trained in full. ``progress``: a bar of the training runs (each lr
     candidate, then the final run) over each run's own bar, on stderr (None: when stderr is a
     terminal; False: never)."""
     if (checkpoint is None) == (baseline is None):
@@ -134,6 +136,15 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
         common["epochs"] = epochs
     if time_limit:
         common.update(time_limit=time_limit, epochs=common.get("epochs", 1000))
+    if not 0 < search_share <= 1:
+        raise SelfSupError(f"--search-share {search_share}: must be in (0, 1]")
+    candidate = dict(common)   # each learning-rate candidate's budget: search_share of the final run's
+    if "steps" in common:
+        candidate["steps"] = max(1, round(common["steps"] * search_share))
+    elif "epochs" in common and not time_limit:
+        candidate["epochs"] = common["epochs"] * search_share
+    if time_limit:
+        candidate["time_limit"] = time_limit * search_share
     lrs = [float(x) for x in (lrs or FT_LRS)]
     if any(x <= 0 for x in lrs):
         raise SelfSupError(f"--lrs {lrs}: learning rates must be positive")
@@ -153,7 +164,7 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
                 if len(tried) >= len(lrs):   # the grid extends past an edge: one more run
                     shown.total += 1
                 shown.set_description_str(f"{what} lr search {len(tried) + 1} (lr {lr:g})")
-                tried[f"{lr:g}"] = _train_and_score(fit, val, {**common, "lr": lr}, None, progress)[0]
+                tried[f"{lr:g}"] = _train_and_score(fit, val, {**candidate, "lr": lr}, None, progress)[0]
                 shown.set_postfix_str(", ".join(f"lr {k}: {v:.3f}" for k, v in tried.items()), refresh=False)
                 shown.update(1)
                 return tried[f"{lr:g}"]
@@ -168,7 +179,7 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
     result = {"protocol": "finetune", "accuracy": acc, "lr": best, "lr_search": search, "lr_extended": extended,
               **subject, "backbone": name, "data": spec, "split": on, "label_fraction": label_fraction, "seed": seed,
               "n_train": len(labelled), "n_test": len(test), "steps": res.steps, "epochs": round(epochs_run, 2),
-              "batch_size": res.config.batch_size, "short": short,
+              "batch_size": res.config.batch_size, "short": short, "search_share": search_share,
               "settings": {k: v for k, v in common.items() if k != "init"}, "seconds": round(time.time() - t0, 1)}
     path, folder = None, None
     if out is not None and not str(out).endswith(".json"):
