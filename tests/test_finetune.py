@@ -104,8 +104,8 @@ def test_bad_settings_are_one_line_errors():
 @pytest.mark.slow
 def test_finetune_searches_lrs_on_held_out_labels_then_scores_test(pretrained, tmp_path):
     res = selfsup.finetune(checkpoint=pretrained / "simclr", lrs=[1e-3, 3e-3], epochs=1, out=tmp_path / "ft.json")
-    # with two rates the winner is always at an edge: the grid extends once past it (0.0003 or 0.009)
-    assert res["lr_extended"] in (3e-4, 9e-3) and set(res["lr_search"]) == {"0.001", "0.003", f"{res['lr_extended']:g}"}
+    # with two rates the winner is always at an edge: the grid extends once past it by its ratio (1e-3 / 3 or 9e-3)
+    assert res["lr_extended"] in (0.000333, 9e-3) and set(res["lr_search"]) == {"0.001", "0.003", f"{res['lr_extended']:g}"}
     assert res["lr_search"][f"{res['lr']:g}"] == max(res["lr_search"].values())
     assert 0 <= res["accuracy"] <= 1 and res["n_test"] == 48 and res["n_train"] == 96
     assert json.loads((tmp_path / "ft.json").read_text())["accuracy"] == res["accuracy"]
