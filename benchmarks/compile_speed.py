@@ -42,10 +42,7 @@ def measure(images, batch: int, steps: int, compiled: bool, bf16: bool, backend:
     optimizer = torch.optim.AdamW(method.parameters(), 1e-3)
     done = []
     if compiled:
-        done = loop.compile_modules(method) if backend is None else [m for m in method.children() if any(True for _ in m.parameters())]
-        if backend is not None:
-            for m in done:
-                m.compile(backend=backend)
+        done = loop.compile_modules(method, backend=backend)
     context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
 
     def step():
@@ -75,7 +72,7 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None, help="--smoke only: where its BENCHMARKS.md goes")
     args = ap.parse_args()
-    backend = None
+    backend = "inductor"
     if args.smoke:
         smoke_dir(args.out)
         args.batch_size, args.steps, backend = 16, 2, "eager"
@@ -95,7 +92,7 @@ def main():
     for name, rate, first in rows:
         lines.append(f"| {name} | {rate:.1f} | {rate / base[name.endswith('fp32')]:.2f}x | {first:.1f} |")
     body = ("\n".join(lines) + f"\n\nSimCLR step on fixed views (no data work), resnet18_quarter, batch {args.batch_size}, "
-            f"{args.steps} timed steps after two (which compile); {'dynamo eager backend (smoke)' if backend else 'inductor'}. "
+            f"{args.steps} timed steps after two (which compile); {'dynamo eager backend (smoke)' if backend == 'eager' else 'inductor'}. "
             f"Load average {', '.join(f'{v:.2f}' for v in load_before)} before, "
             f"{', '.join(f'{v:.2f}' for v in load_after)} after.")
     print(body)

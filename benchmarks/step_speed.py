@@ -48,16 +48,17 @@ WORKERS = 2
 TARGET = 2.0   # issue 16: selfsup's default end to end >= 2x the per-image pipeline
 
 
-def recipes(method) -> list:
+def has_views(method) -> bool:
+    """Whether the method's step takes its views from ``method.views`` (else one ``make_view``)."""
+    c, s = method.data.channels, method.data.image_size
+    return method.views(torch.zeros(2, c, s, s, dtype=torch.uint8)) is not None
+
+
+def recipes(method, multi: bool) -> list:
     """The method's view recipes, in the order its step uses them."""
     if getattr(method, "recipes", None):
         return list(method.recipes)                              # DINO: global and local crops
-    return [method.view] * (2 if method.views(method_probe(method)) is not None else 1)
-
-
-def method_probe(method) -> torch.Tensor:
-    c, s = method.data.channels, method.data.image_size
-    return torch.zeros(2, c, s, s, dtype=torch.uint8)
+    return [method.view] * (2 if multi else 1)
 
 
 def per_image(name: str, images, seconds: float, warmup: int = 3) -> tuple[float, str, int]:
@@ -66,7 +67,8 @@ def per_image(name: str, images, seconds: float, warmup: int = 3) -> tuple[float
     torch.manual_seed(0)
     method = build_method(cfg, mcfg, data_info(images))
     method.train()
-    rs = recipes(method)
+    multi = has_views(method)
+    rs = recipes(method, multi)
     loader = torch.utils.data.DataLoader(
         PerImageViews(images.images, [tv_transform(r, method.data.mean, method.data.std) for r in rs]),
         batch_size=cfg.batch_size, shuffle=True, num_workers=WORKERS, drop_last=True, persistent_workers=True,
@@ -74,7 +76,7 @@ def per_image(name: str, images, seconds: float, warmup: int = 3) -> tuple[float
     current: list = []
     module = sys.modules[type(method).__module__]
     original = getattr(module, "make_view", None)
-    if method.views(method_probe(method)) is not None:
+    if multi:
         method.views = lambda imgs: current
     else:   # rotation, MAE: one view from make_view in their step
         module.make_view = lambda *a, **k: current[0]

@@ -26,6 +26,7 @@ Each step, in this order (exact resume depends on it; ``tests/test_engine.py`` p
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -110,7 +111,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     rank, world = source.rank, source.world
     main = rank == 0
     augment.THREADS = cfg.augment_threads
-    method, model = _place(method, cfg, device, world)
+    method, model, compiled = _place(method, cfg, device, world)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.beta2)
     spe = source.steps_per_epoch
     total = cfg.steps or max(1, math.ceil(cfg.epochs * spe))
@@ -137,9 +138,10 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     try:
         while st.step < total:
             for batch in source.epoch(st.step // spe, st.step % spe):
-                if getattr(method, "_compiled", None):   # the first step compiles: timed, and eager if it fails
-                    finite = _first_compiled_step(method, model, optimizer, batch, cfg, st, total, spe, device, rank,
-                                                  world, ckpt_path)
+                if compiled:   # the first step compiles: timed, and eager if it fails
+                    finite = _first_compiled_step(compiled, method, model, optimizer, batch, cfg, st, total, spe,
+                                                  device, rank, world, ckpt_path)
+                    compiled = []
                 else:
                     finite = _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
                 st.step += 1
@@ -167,6 +169,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate)
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX), where bf16 autocast pays."""
     cpu = getattr(torch, "cpu", None)
@@ -185,15 +188,16 @@ def cpu_bf16(cfg: TrainConfig, device: torch.device, method: nn.Module | None = 
     return cfg.cpu_bf16 == "true" or not is_vit(getattr(method, "backbone", None))
 
 
-def compile_modules(method: nn.Module) -> list[nn.Module]:
+def compile_modules(method: nn.Module, backend="inductor") -> list[nn.Module]:
     """``torch.compile`` (in place, so state_dict keys do not change) each direct child module of
     ``method`` that holds parameters: the backbone, heads, projectors, teachers. The method's own
     forward, with its random augmentation, stays eager. Returns the compiled modules; compilation
-    itself happens at their first call."""
+    itself happens at their first call. ``backend``: torch.compile's (tests and smoke runs use
+    dynamo's "eager" or a failing one)."""
     done = []
     for child in method.children():
         if any(True for _ in child.parameters()):
-            child.compile(dynamic=False)
+            child.compile(dynamic=False, backend=backend)
             done.append(child)
     return done
 
@@ -205,20 +209,21 @@ def uncompile(modules: list[nn.Module]) -> None:
     torch._dynamo.reset()
 
 
-def _place(method: nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
-    """(method on ``device``, the module the step calls: the method, or DDP around it)."""
+def _place(method: nn.Module, cfg: TrainConfig, device: torch.device,
+           world: int) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
+    """(method on ``device``, the module the step calls: the method or DDP around it, the modules
+    compiled with ``compile=true``)."""
     method.to(device)
     if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device, method):
         method.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        method._compiled = compile_modules(method)
+    compiled = compile_modules(method) if cfg.compile else []
     if world > 1 and cfg.sync_bn:
         if device.type != "cuda":
             raise SelfSupError("--set sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if world == 1:
-        return method, method
-    return method, nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+        return method, method, compiled
+    return method, nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None), compiled
 
 
 def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState, total: int, spe: int,
@@ -278,12 +283,12 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
     return False
 
 
-def _first_compiled_step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path) -> bool:
+def _first_compiled_step(compiled, method, model, optimizer, batch, cfg, st, total, spe, device, rank, world,
+                         ckpt_path) -> bool:
     """The first step of a ``compile=true`` run: it compiles (its time is reported and counts in the
     run's clock like any step). Where compilation fails (no C++ compiler, an unsupported op), a
     one-line notice, and the run continues eagerly from the same RNG state."""
     t = time.time()
-    compiled, method._compiled = method._compiled, None
     try:
         finite = _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
     except SelfSupError:
