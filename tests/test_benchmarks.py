@@ -88,7 +88,7 @@ def run_smoke(script: str, tmp: Path) -> tuple[subprocess.CompletedProcess, Path
     out = tmp / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SELFSUP_CACHE": os.environ.get("SELFSUP_CACHE", str(tmp / "cache"))}
     proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out)], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=480)
     return proc, out
 
 
