@@ -11,7 +11,8 @@ scored on a held-out sixth of the labelled images, extended once past an edge).
 
 The search costs five trainings per unit, so it runs on the seeds named in ``--search-seeds``
 (default: the first); the other seeds of the same (arm, fraction) reuse the rate it chose.
-``--full-lrs`` replaces the grid at 100% of the labels (where one training is the cost of the whole
+``--search-share S`` trains each candidate for S of the unit's steps (the winner then trains in
+full), the cheaper search that the 1% fraction's step minimum calls for. ``--full-lrs`` replaces the grid at 100% of the labels (where one training is the cost of the whole
 1% and 10% search), for example with a rate chosen on validation beforehand; the table says so.
 
     python benchmarks/label_efficiency.py --arms supervised,simclr --seeds 0,1,2 --set cpu_bf16=true
@@ -88,6 +89,8 @@ def unit_ft(arm: str, run: Path | None, fraction: float, seed: int, args, data, 
     lrs = grid if searched else [chosen[(arm, fraction)]]
     key = {"arm": arm, "fraction": fraction, "seed": seed, "lrs": lrs, "steps": steps, "data": args.data,
            "set": args.set, "pretrain_epochs": args.pretrain_epochs if run else None}
+    if len(lrs) > 1 and args.search_share != 1.0:   # (absent at the default, so older units still match)
+        key["search_share"] = args.search_share
     path = out / f"ft-{arm}-{_pct(fraction)[:-1]}pct-s{seed}.json"
     saved = _load(path, key)
     if saved is None and args.table_only:
@@ -95,7 +98,7 @@ def unit_ft(arm: str, run: Path | None, fraction: float, seed: int, args, data, 
     if saved is None:
         where = {"checkpoint": str(run)} if run else {"baseline": SUP}
         res = finetune(data=data, label_fraction=fraction, seed=seed, lrs=lrs, steps=steps, progress=args.progress,
-                       **where, **args.settings)
+                       search_share=args.search_share, **where, **args.settings)
         saved = {"key": key, "searched": searched and len(lrs) > 1, **{k: v for k, v in res.items() if k != "data"}}
         write_json(path, saved)
     if searched:
@@ -192,6 +195,8 @@ def main():
     ap.add_argument("--pretrain-epochs", type=float, default=5.0)
     ap.add_argument("--lrs", default=",".join(f"{x:g}" for x in FT_LRS))
     ap.add_argument("--full-lrs", default="", help="rates at 100%% of the labels instead of --lrs")
+    ap.add_argument("--search-share", type=float, default=1.0,
+                    help="each learning-rate candidate trains this share of the unit's steps (eval finetune --search-share)")
     ap.add_argument("--ft-epochs", type=float, default=FT_EPOCHS)
     ap.add_argument("--ft-min-steps", type=int, default=FT_MIN_STEPS)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -247,7 +252,8 @@ def main():
             + (f"; at 100%: {', '.join(f'{x:g}' for x in args.full_lrs)}" if args.full_lrs else "")
             + (" (one rate there: no search at 100%)" if len(args.full_lrs) == 1 else "")
             + f") ran on seed(s) {', '.join(map(str, sorted(args.search_seeds)))}, scored on a held-out sixth of "
-            f"the labels; the other seeds reuse its rate. Fine-tuning budget: {args.ft_epochs:g} epochs over the "
+            f"the labels" + (f", each candidate training {args.search_share:g} of the unit's steps" if args.search_share != 1 else "")
+            + f"; the other seeds reuse its rate. Fine-tuning budget: {args.ft_epochs:g} epochs over the "
             f"labelled images, at least {args.ft_min_steps} steps. Settings: {settings}. Pretraining (seed 0): "
             f"{'; '.join(pre) or 'none'}.\n\n{table}\n\n![label efficiency]({os.path.relpath(out / 'label_efficiency.png', HERE.parent)})")
     print(body)

@@ -86,7 +86,10 @@ def run_smoke(script: str, tmp: Path) -> tuple[subprocess.CompletedProcess, Path
     the working directory), with the repository on the path and the test session's data cache."""
     tmp.mkdir(parents=True, exist_ok=True)
     out = tmp / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SELFSUP_CACHE": os.environ.get("SELFSUP_CACHE", str(tmp / "cache"))}
+    # one thread each: two smoke runs share the cores, and torch's thread pools oversubscribed slow a
+    # 10-step fine-tune from 1 s to 47 s here (the CI machine's label_efficiency smoke ran past 240 s)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SELFSUP_CACHE": os.environ.get("SELFSUP_CACHE", str(tmp / "cache")),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out)], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=480)
     return proc, out
