@@ -109,8 +109,11 @@ def test_finetune_searches_lrs_on_held_out_labels_then_scores_test(pretrained, t
     assert res["lr_search"][f"{res['lr']:g}"] == max(res["lr_search"].values())
     assert 0 <= res["accuracy"] <= 1 and res["n_test"] == 48 and res["n_train"] == 96
     assert json.loads((tmp_path / "ft.json").read_text())["accuracy"] == res["accuracy"]
-    base = selfsup.finetune(baseline="supervised", data=DATA, label_fraction=0.5, epochs=1, lrs=[2e-3])
+    base = selfsup.finetune(baseline="supervised", data=DATA, label_fraction=0.5, steps=20, lrs=[2e-3])
     assert base["baseline"] == "supervised" and abs(base["n_train"] - 48) <= 3 and base["lr_search"] == {}  # rounded per class
+    curve = base["curve"]   # the final run's learning curve: from its first step to its last, the rate decayed
+    assert curve[0]["step"] == 1 and curve[-1]["step"] == base["steps"] and curve[-1]["lr"] <= 0.05 * 2e-3
+    assert all(isinstance(r["loss"], float) and r["images_per_s"] > 0 for r in curve)
     with pytest.raises(SelfSupError, match="either"):
         selfsup.finetune(data=DATA)
 

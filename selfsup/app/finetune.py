@@ -180,7 +180,9 @@ def finetune(checkpoint: str | Path | None = None, data: str | DatasetSplits | N
               **subject, "backbone": name, "data": spec, "split": on, "label_fraction": label_fraction, "seed": seed,
               "n_train": len(labelled), "n_test": len(test), "steps": res.steps, "epochs": round(epochs_run, 2),
               "batch_size": res.config.batch_size, "short": short, "search_share": search_share,
-              "settings": {k: v for k, v in common.items() if k != "init"}, "seconds": round(time.time() - t0, 1)}
+              "settings": {k: v for k, v in common.items() if k != "init"}, "seconds": round(time.time() - t0, 1),
+              "curve": [{"step": r["step"], "epoch": r["epoch"], "loss": round(r["loss"], 5), "lr": r["lr"],
+                         "images_per_s": round(r["images_per_s"], 1)} for r in res.history if "loss" in r]}
     path, folder = None, None
     if out is not None and not str(out).endswith(".json"):
         folder = Path(out)

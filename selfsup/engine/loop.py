@@ -76,6 +76,7 @@ class RunResult:
     steps: int
     last_loss: float
     images_per_s: float
+    history: list = field(default_factory=list)   # this process's metrics rows, as metrics.jsonl got them
 
 
 @dataclass
@@ -166,7 +167,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     if world > 1:
         _average_bn_stats(method)
     checkpoint()
-    return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate)
+    return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate, log.rows)
 
 
 @functools.cache
@@ -316,6 +317,7 @@ class _Log:
     def __init__(self, run_dir: Path | None, cfg: TrainConfig, st: LoopState, total: int, progress: bool | None,
                  sinks=()):
         self.cfg, self.st, self.total, self.sinks = cfg, st, total, list(sinks)
+        self.rows: list[dict] = []
         self.metrics = open(run_dir / "metrics.jsonl", "a") if run_dir else None
         self.bar = None
         if progress is not False:
@@ -356,7 +358,8 @@ class _Log:
         st.window_t, st.window_steps, st.window_good, st.window_loss, st.window_logs = now, 0, 0, 0.0, {}
 
     def write(self, row: dict) -> None:
-        """One row to metrics.jsonl and to every sink."""
+        """One row to metrics.jsonl, to every sink and to the run's history."""
+        self.rows.append(row)
         if self.metrics:
             self.metrics.write(json.dumps(row) + "\n")
             self.metrics.flush()
