@@ -1,8 +1,16 @@
-"""(c) SimCLR on Fashion-MNIST at a wall-clock budget: kNN and linear on the test split beside
-the random-init and raw-pixel baselines, over several seeds, all through ``selfsup.evaluate``.
+"""(c) SimCLR on Fashion-MNIST at a budget: kNN and linear on the test split beside the random-init
+backbone (its best stage, chosen on validation) and raw pixels, over several seeds, all through
+``selfsup.train`` / ``selfsup.evaluate`` with SimCLR's defaults.
 
-    python benchmarks/simclr_fashion_mnist.py --minutes 10 --seeds 3
-    python benchmarks/simclr_fashion_mnist.py --smoke [--out DIR]   # 2 epochs of tiny shapes, one seed, in seconds
+    python benchmarks/simclr_fashion_mnist.py --epochs 5 --seeds 3      # issue 17: kNN >= 0.85 in 5 epochs
+    python benchmarks/simclr_fashion_mnist.py --minutes 10 --seeds 3    # a wall-clock budget instead
+    python benchmarks/simclr_fashion_mnist.py --smoke [--out DIR]       # 2 epochs of tiny shapes, one seed, in seconds
+
+Each seed's run is OUT/seed{S} (the same as ``selfsup train simclr --data fashion-mnist --epochs E
+--seed S --out OUT/seed{S}``). A finished run with the same settings is not trained again, and a
+probe result already in its ``eval/`` (``selfsup eval knn|linear --checkpoint OUT/seed{S} --on
+test``) is not recomputed: an interrupted benchmark continues. Every probe's held-out choices (k, the
+L2 penalty, the random network's stage) use evaluation seed 0 and never the test split.
 """
 from __future__ import annotations
 
@@ -21,58 +29,131 @@ sys.path.insert(0, str(HERE.parent))
 import selfsup  # noqa: E402
 from record import SMOKE_DATA, record, smoke_dir  # noqa: E402
 
+KNN_TARGET, EPOCH_TARGET = 0.85, 5   # issue 17: SimCLR kNN >= 0.85 within 5 epochs of Fashion-MNIST
+PROBES = ("knn", "linear")
+
 
 def mean_std(xs):
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def _finished(run_dir: Path, want: dict) -> dict | None:
+    """The training figures of a finished run in ``run_dir`` trained with ``want``'s settings, or None."""
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return None
+    if any(cfg.get(k) != v for k, v in want.items()) or not (run_dir / "backbone.safetensors").is_file() or not rows:
+        return None
+    last = [r for r in rows if "loss" in r][-1]
+    if want.get("time_limit", 0) == 0 and last["epoch"] < want["epochs"] - 1e-3:
+        return None   # stopped early (killed): train again
+    return {"steps": last["step"], "epochs": last["epoch"], "seconds": last["elapsed_s"]}
+
+
+def train_unit(seed: int, args, data, epochs: float) -> dict:
+    run_dir = Path(args.out) / f"seed{seed}"
+    want = {"method": "simclr", "seed": seed, "backbone": args.backbone, "epochs": epochs,
+            "time_limit": args.minutes if args.minutes else 0.0}
+    done = _finished(run_dir, want)
+    reused = done is not None
+    if done is None:
+        load = os.getloadavg()[0]
+        res = selfsup.train("simclr", data=data, out=run_dir, overwrite=True, progress=False, backbone=args.backbone,
+                            time_limit=want["time_limit"], epochs=epochs, seed=seed)
+        done = _finished(run_dir, {**want, "epochs": res.config.epochs})
+        done["load_start"] = round(load, 2)
+    steps, seconds = done["steps"], done["seconds"]
+    return {"seed": seed, "steps": steps, "epochs": round(done["epochs"], 2),
+            "train_min": round(seconds / 60, 2), "images_per_s": round(done["epochs"] * len(data.train) / seconds),
+            "reused": reused, "load_start": done.get("load_start"), "load_end": round(os.getloadavg()[0], 2)}
+
+
+def probe(seed: int, args, data, run_dir: Path) -> dict:
+    """{protocol: result} of the SimCLR run (last stage, as ``selfsup eval`` gives it), reusing results on disk."""
+    out = {}
+    for p in PROBES:
+        path = run_dir / "eval" / f"{p}.json"
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved and saved.get("split", "test") == "test" and saved.get("seed") == 0 and saved.get("layer") is None:
+            out[p] = saved
+        else:
+            out[p] = selfsup.evaluate([p], checkpoint=run_dir, data=data, seed=0, progress=False)[p]
+    return out
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=float, default=10.0, help="training budget per seed")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, default=None, help="training budget per seed in epochs")
+    budget.add_argument("--minutes", type=float, default=None, help="training budget per seed in wall-clock minutes")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--backbone", default="resnet18_quarter")
-    ap.add_argument("--out", default=None, help="default runs/bench-simclr-fmnist (--smoke: a temp folder)")
+    ap.add_argument("--out", default=None, help="default runs/bench-simclr-fmnist-BUDGET (--smoke: a temp folder)")
+    ap.add_argument("--note", default="", help="a sentence for the recorded section")
     ap.add_argument("--smoke", action="store_true", help="seconds: 2 epochs of tiny shapes, one seed; everything into --out")
     args = ap.parse_args()
-    epochs = 1000   # the wall clock ends each run
+    if args.epochs is None and args.minutes is None:
+        args.epochs = float(EPOCH_TARGET)
     if args.smoke:
-        args.out, args.seeds, epochs = smoke_dir(args.out), 1, 2
-    args.out = args.out or "runs/bench-simclr-fmnist"
+        args.out, args.seeds, args.epochs, args.minutes = smoke_dir(args.out), 1, 2.0, None
+    tag = f"{args.epochs:g}ep" if args.epochs else f"{args.minutes:g}min"
+    args.out = args.out or f"runs/bench-simclr-fmnist-{tag}"
+    epochs = args.epochs or 1000.0   # under --minutes the wall clock ends each run
     data = selfsup.load_dataset(SMOKE_DATA if args.smoke else "fashion-mnist")
-    rows = {"SimCLR": {"knn": [], "linear": []}, "random-init": {"knn": [], "linear": []},
-            "raw pixels": {"knn": [], "linear": []}}
+    rows = {"SimCLR": {p: [] for p in PROBES}, "random-init (best stage)": {p: [] for p in PROBES},
+            "raw pixels": {p: [] for p in PROBES}}
+    extra = {"k": [], "stage": []}
     runs = []
     for seed in range(args.seeds):
-        run_dir = Path(args.out) / f"seed{seed}"
-        t0 = time.time()
-        res = selfsup.train("simclr", data=data, out=run_dir, overwrite=True, progress=False, backbone=args.backbone,
-                            time_limit=args.minutes, epochs=epochs, seed=seed)
-        train_min = (time.time() - t0) / 60
-        runs.append({"seed": seed, "steps": res.steps, "epochs": round(res.steps * res.config.batch_size / len(data.train), 2),
-                     "train_min": round(train_min, 2), "images_per_s": round(res.images_per_s)})
-        for name, kw in [("SimCLR", {"checkpoint": run_dir}),
-                         ("random-init", {"baseline": "random", "backbone": args.backbone}),
-                         ("raw pixels", {"baseline": "pixels"})]:
-            r = selfsup.evaluate(["knn", "linear"], data=data, seed=seed, **kw)
-            for p in ("knn", "linear"):
+        runs.append(train_unit(seed, args, data, epochs))
+        res = probe(seed, args, data, Path(args.out) / f"seed{seed}")
+        rnd = selfsup.evaluate(list(PROBES), data=data, seed=seed, baseline="random", backbone=args.backbone,
+                               layer="auto", progress=False)
+        pix = selfsup.evaluate(list(PROBES), data=data, seed=0, baseline="pixels", progress=False)
+        for name, r in (("SimCLR", res), ("random-init (best stage)", rnd), ("raw pixels", pix)):
+            for p in PROBES:
                 rows[name][p].append(r[p]["accuracy"])
-        print(json.dumps({**runs[-1], **{f"{n}/{p}": round(v[p][-1], 4) for n, v in rows.items() for p in v}}))
-    table = ["| subject | kNN (k=200, T=0.1) | linear | per seed (kNN / linear) |", "|---|---:|---:|---|"]
+        extra["k"].append(res["knn"].get("k"))
+        extra["stage"].append(rnd["knn"].get("layer"))
+        print(json.dumps({**runs[-1], **{f"{n}/{p}": round(v[p][-1], 4) for n, v in rows.items() for p in v}}), flush=True)
+
+    table = ["| subject | kNN | linear | per seed (kNN / linear) |", "|---|---:|---:|---|"]
     for name, v in rows.items():
         (km, ks), (lm, ls) = mean_std(v["knn"]), mean_std(v["linear"])
         per = ", ".join(f"{a:.4f} / {b:.4f}" for a, b in zip(v["knn"], v["linear"]))
         table.append(f"| {name} | {km:.4f} ± {ks:.4f} | {lm:.4f} ± {ls:.4f} | {per} |")
-        print(f"{name:12s} kNN {km:.4f} ± {ks:.4f}   linear {lm:.4f} ± {ls:.4f}")
+        print(f"{name:26s} kNN {km:.4f} ± {ks:.4f}   linear {lm:.4f} ± {ls:.4f}")
+    verdicts = []
+    for p in PROBES:
+        ssl = mean_std(rows["SimCLR"][p])
+        best_base = max(statistics.mean(rows[b][p]) for b in rows if b != "SimCLR")
+        margin = ssl[0] - best_base
+        verdicts.append(f"- {p}: SimCLR {margin * 100:+.2f} points over the better baseline "
+                        f"({'**beats both by >= 1 point**' if margin >= 0.01 else '**not by 1 point**'}; seed std "
+                        f"{ssl[1] * 100:.2f} points).")
+    if args.epochs and args.epochs <= EPOCH_TARGET and not args.smoke:
+        km = statistics.mean(rows["SimCLR"]["knn"])
+        verdicts.append(f"- issue 17 target, kNN >= {KNN_TARGET} within {EPOCH_TARGET} epochs: {km:.4f} over "
+                        f"{args.seeds} seeds: **{'met' if km >= KNN_TARGET else 'missed'}**.")
     cfg = json.loads((Path(args.out) / "seed0" / "config.json").read_text())
-    settings = {k: cfg[k] for k in ("backbone", "optimizer", "lr", "weight_decay", "batch_size", "warmup_epochs")}
+    settings = {k: cfg[k] for k in ("backbone", "optimizer", "lr", "weight_decay", "batch_size", "warmup_epochs",
+                                    "cpu_bf16")}
     runs_txt = "; ".join(f"seed {r['seed']}: {r['steps']} steps = {r['epochs']} epochs in {r['train_min']} min "
-                         f"({r['images_per_s']} img/s)" for r in runs)
-    body = ("\n".join(table) + f"\n\nTraining budget {args.minutes:g} wall-clock minutes per seed on this machine; "
+                         f"({r['images_per_s']} img/s" + (f", load {r['load_start']} -> {r['load_end']}" if r["load_start"]
+                                                          is not None else ", trained earlier, reused") + ")" for r in runs)
+    budget_txt = f"{args.epochs:g} epochs" if args.epochs else f"{args.minutes:g} wall-clock minutes"
+    body = ("\n".join(table) + "\n\n" + "\n".join(verdicts) + f"\n\nTraining budget {budget_txt} per seed; "
             f"{runs_txt}.\nSettings: {json.dumps(settings)}; method: {json.dumps(cfg['method_config'])}.\n"
-            "Evaluation on the official 10k test split, the 60k train split as kNN bank / linear-probe training set "
-            "(L2 penalty chosen on a 10% validation part of train). Random-init: the same architecture, initialised "
-            "with the seed, through the same code. Mean ± sample std over seeds.")
-    record("simclr-fmnist", "SimCLR on Fashion-MNIST at a wall-clock budget (c)", body)
+            "Probes on the official 10k test split, the train split as kNN bank / linear-probe training set. "
+            f"kNN's k chosen per run on a held-out sixth of the bank (chosen: {', '.join(map(str, extra['k']))}); "
+            "the linear probe's L2 penalty likewise. SimCLR: its last stage (the `selfsup eval` default). "
+            f"Random-init: the same architecture initialised with the seed, at the stage kNN picks on validation "
+            f"(`--layer auto`; chosen: {', '.join(map(str, extra['stage']))}). Mean ± sample std over seeds."
+            + (f"\n\n{args.note}" if args.note else ""))
+    record(f"simclr-fmnist-{tag}" if args.epochs else "simclr-fmnist",
+           f"SimCLR on Fashion-MNIST, {budget_txt} per seed" + (" (issue 17)" if args.epochs else " (c)"), body)
 
 
 if __name__ == "__main__":
