@@ -105,13 +105,13 @@ def main():
     rows = {"SimCLR": {p: [] for p in PROBES}, "random-init (best stage)": {p: [] for p in PROBES},
             "raw pixels": {p: [] for p in PROBES}}
     extra = {"k": [], "stage": []}
-    runs = []
+    runs, pix = [], None
     for seed in range(args.seeds):
         runs.append(train_unit(seed, args, data, epochs))
         res = probe(seed, args, data, Path(args.out) / f"seed{seed}")
         rnd = selfsup.evaluate(list(PROBES), data=data, seed=seed, baseline="random", backbone=args.backbone,
                                layer="auto", progress=False)
-        pix = selfsup.evaluate(list(PROBES), data=data, seed=0, baseline="pixels", progress=False)
+        pix = pix or selfsup.evaluate(list(PROBES), data=data, seed=0, baseline="pixels", progress=False)  # seed-free
         for name, r in (("SimCLR", res), ("random-init (best stage)", rnd), ("raw pixels", pix)):
             for p in PROBES:
                 rows[name][p].append(r[p]["accuracy"])
