@@ -29,7 +29,7 @@ PROBES = ("knn", "linear")
 EXPECT = {
     "augment_speed.py": ("augment-speed", ["28x28 grey", "32x32 RGB"], []),
     "train_speed.py": (r"train-speed-\w+", ["resnet18_quarter"], []),
-    "simclr_fashion_mnist.py": ("simclr-fmnist-2ep", ["SimCLR", "random-init (best stage)", "raw pixels"],
+    "simclr_fashion_mnist.py": ("simclr-fmnist-2ep", ["SimCLR", "SimCLR (best stage)", "random-init (best stage)", "raw pixels"],
                                 ["seed0/config.json", "seed0/eval/knn.json"]),
     "simclr_tuning.py": ("simclr-tuning", ["`(defaults)`"], ["simclr_tuning.json", "defaults/config.json"]),
     "tune.py": ("tune-rotation-shapes", ["`(defaults)`", "baseline: pixels", "baseline: random:resnet18_quarter"],
