@@ -96,6 +96,18 @@ def probe(args, data, run_dir: Path, best: bool) -> dict:
     return out
 
 
+def baseline(args, name: str, **kw) -> dict:
+    """A baseline's probe results, kept in BASELINES/NAME.json and reused (they do not depend on the budget)."""
+    path = Path(args.baselines or args.out) / "baselines" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    res = {p: {k: v for k, v in r.items() if k != "provenance"}
+           for p, r in selfsup.evaluate(list(PROBES), progress=False, **kw).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     budget = ap.add_mutually_exclusive_group()
@@ -106,6 +118,8 @@ def main():
     ap.add_argument("--out", default=None, help="default runs/bench-simclr-fmnist-BUDGET (--smoke: a temp folder)")
     ap.add_argument("--best-stage", action="store_true",
                     help="also probe SimCLR at the stage --layer auto picks on validation (as the random network)")
+    ap.add_argument("--baselines", default=None, metavar="DIR",
+                    help="keep and reuse the random-init and pixel probes in DIR/baselines (default: --out)")
     ap.add_argument("--note", default="", help="a sentence for the recorded section")
     ap.add_argument("--smoke", action="store_true", help="seconds: 2 epochs of tiny shapes, one seed; everything into --out")
     args = ap.parse_args()
@@ -120,14 +134,14 @@ def main():
     ssl = ["SimCLR"] + (["SimCLR (best stage)"] if args.best_stage else [])
     rows = {name: {p: [] for p in PROBES} for name in (*ssl, "random-init (best stage)", "raw pixels")}
     extra = {"k": [], "stage": [], "ssl_stage": []}
-    runs, pix = [], None
+    runs = []
     for seed in range(args.seeds):
         runs.append(train_unit(seed, args, data, epochs))
         res = probe(args, data, Path(args.out) / f"seed{seed}", best=False)
         best = probe(args, data, Path(args.out) / f"seed{seed}", best=True) if args.best_stage else None
-        rnd = selfsup.evaluate(list(PROBES), data=data, seed=seed, baseline="random", backbone=args.backbone,
-                               layer="auto", progress=False)
-        pix = pix or selfsup.evaluate(list(PROBES), data=data, seed=0, baseline="pixels", progress=False)  # seed-free
+        rnd = baseline(args, f"random-{args.backbone}-s{seed}", data=data, seed=seed, baseline="random",
+                       backbone=args.backbone, layer="auto")
+        pix = baseline(args, "pixels", data=data, seed=0, baseline="pixels")   # seed-free
         for name, r in (("SimCLR", res), ("SimCLR (best stage)", best), ("random-init (best stage)", rnd),
                         ("raw pixels", pix)):
             for p in PROBES if r is not None else ():
@@ -176,7 +190,8 @@ def main():
                f"{', '.join(map(str, extra['ssl_stage']))}). " if args.best_stage else ". ") +
             f"Random-init: the same architecture initialised with the seed, at the stage kNN picks on validation "
             f"(`--layer auto`; chosen: {', '.join(map(str, extra['stage']))}). Mean ± sample std over seeds."
-            + (f"\n\n{args.note}" if args.note else ""))
+            + (f" The baselines' probes are shared with the runs in `{args.baselines}` (they do not depend on the "
+               "budget)." if args.baselines else "") + (f"\n\n{args.note}" if args.note else ""))
     record(f"simclr-fmnist-{tag}" if args.epochs else "simclr-fmnist",
            f"SimCLR on Fashion-MNIST, {budget_txt} per seed" + (" (issue 17)" if args.epochs else " (c)"), body)
 
