@@ -151,7 +151,7 @@ def summarise(arms: list[str], fractions: list[float], ft: dict, lin: dict) -> t
             short = sorted({u["short"] for u in units if u.get("short")})
             lines.append(f"| {arm} | {_pct(f)} | {_cell(accs)} | {_cell(lins) if arm != SUP else 'n/a'} | "
                          f"{', '.join(lrs) or '—'} | {units[0]['steps'] if units else '—'} | "
-                         f"{units[0]['epochs'] if units else '—'} | {'; '.join(short) or 'no'} |")
+                         f"{units[0]['epochs'] if units else '—'} | {('; '.join(short) or 'no') if units else '—'} |")
             col = {0.01: "1pct", 0.1: "10pct", 1.0: "100pct"}.get(f)
             if col and accs:
                 row["backbone"] = units[0]["backbone"]
