@@ -164,7 +164,7 @@ def main():
             best_base = max(statistics.mean(rows[b][p]) for b in rows if b not in ssl)
             verdicts.append(f"- {name}, {p}: {(m - best_base) * 100:+.2f} points over the better baseline "
                             f"({'**beats both by >= 1 point**' if m - best_base >= 0.01 else '**not by 1 point**'}; "
-                            (f"seed std {sd * 100:.2f} points)." if len(rows[name][p]) > 1 else "one seed)."))
+                            + (f"seed std {sd * 100:.2f} points)." if len(rows[name][p]) > 1 else "one seed)."))
     slowest = max(r["train_min"] for r in runs)
     lin = max(statistics.mean(rows[name]["linear"]) for name in ssl)
     if not args.smoke and slowest <= LINEAR_MINUTES:
