@@ -167,7 +167,7 @@ def test_search_share_shortens_only_the_candidates(monkeypatch):
 
     class Res:
         def __init__(self, steps):
-            self.steps, self.config = steps, type("C", (), {"batch_size": 8})()
+            self.steps, self.config, self.history = steps, type("C", (), {"batch_size": 8})(), []
 
     def fake(labelled, scored, settings, run_dir, progress=False):
         seen.append((settings["lr"], settings["steps"]))
