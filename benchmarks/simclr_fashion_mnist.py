@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -28,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import selfsup  # noqa: E402
 from record import SMOKE_DATA, record, smoke_dir  # noqa: E402
+from selfsup.runs import read_metrics, run_config  # noqa: E402
 
 KNN_TARGET, EPOCH_TARGET = 0.85, 5   # issue 17: SimCLR kNN >= 0.85 within 5 epochs of Fashion-MNIST
 LINEAR_TARGET, LINEAR_MINUTES = 0.91, 30   # ... and the best linear probe >= 0.91 within 30 minutes of training
@@ -41,8 +41,8 @@ def mean_std(xs):
 def _finished(run_dir: Path, want: dict) -> dict | None:
     """The training figures of a finished run in ``run_dir`` trained with ``want``'s settings, or None."""
     try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        cfg = run_config(run_dir)
+        rows = read_metrics(run_dir)
     except (OSError, ValueError):
         return None
     if any(cfg.get(k) != v for k, v in want.items()) or not (run_dir / "backbone.safetensors").is_file() or not rows:
@@ -174,7 +174,7 @@ def main():
         km = statistics.mean(rows["SimCLR"]["knn"])
         verdicts.append(f"- issue 17 target, kNN >= {KNN_TARGET} within {EPOCH_TARGET} epochs: {km:.4f} over "
                         f"{args.seeds} seeds: **{'met' if km >= KNN_TARGET else 'missed'}**.")
-    cfg = json.loads((Path(args.out) / "seed0" / "config.json").read_text())
+    cfg = run_config(Path(args.out) / "seed0")
     settings = {k: cfg[k] for k in ("backbone", "optimizer", "lr", "weight_decay", "batch_size", "warmup_epochs",
                                     "cpu_bf16")}
     runs_txt = "; ".join(f"seed {r['seed']}: {r['steps']} steps = {r['epochs']} epochs in {r['train_min']} min "
