@@ -29,9 +29,11 @@ def _layer(value: str):
     if value == "auto":
         return value
     try:
-        return int(value)
+        stages = tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a stage number or auto, got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a stage number, stage numbers joined by commas (2,3,4), or auto, "
+                                         f"got {value!r}") from None
+    return stages[0] if len(stages) == 1 else stages
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -98,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kNN neighbours (default: chosen from 5..200 on a held-out sixth of the labelled bank)")
     e.add_argument("--temperature", type=float, default=0.1, help="kNN vote temperature")
     e.add_argument("--layer", type=_layer, default=None,
-                   help="features from this stage/block (1-based) instead of the last, or auto: the best by kNN "
+                   help="features from this stage/block (1-based) instead of the last; several joined by commas "
+                        "(2,3,4): their features concatenated; or auto: the best single stage by kNN "
                         "on a validation part of the labelled train data (never the test split)")
     e.add_argument("--pool", choices=["avg", "grid", "cls", "mean"], default=None,
                    help="ResNet map pooling (avg: global; grid: a small spatial grid) or ViT pooling (cls | mean)")

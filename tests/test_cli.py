@@ -62,6 +62,7 @@ def test_resume_and_overwrite_flags(tmp_path, capsys):
     (["eval", "knn", "--checkpoint", "/no/such/run"], "no such run folder"),
     (["eval", "knn", "--baseline", "pixels", "--data", "shapes:n=32,n_test=8", "--label-fraction", "1.5"], "label-fraction"),
     (["eval", "knn", "--baseline", "pixels", "--data", "shapes:n=32,n_test=8", "--label-fraction", "0"], "label-fraction"),
+    (["eval", "knn", "--baseline", "random", "--data", "shapes:n=32,n_test=8", "--layer", "2,2"], "two or more different stages"),
 ])
 def test_bad_input_is_one_line_error(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -69,6 +70,14 @@ def test_bad_input_is_one_line_error(capsys, tmp_path, monkeypatch, argv, messag
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_layer_option_parses_one_stage_several_or_auto():
+    import argparse
+    from selfsup.cli import _layer
+    assert _layer("3") == 3 and _layer("2,3,4") == (2, 3, 4) and _layer("auto") == "auto"
+    with pytest.raises(argparse.ArgumentTypeError, match="joined by commas"):
+        _layer("2,x")
 
 
 def test_config_file_unknown_key_and_checkpoint_of_wrong_kind(tmp_path, capsys):

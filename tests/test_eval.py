@@ -147,6 +147,24 @@ def test_layer_auto_chooses_on_train_labels_only_and_records_the_choice():
         evaluate(["knn"], data=_splits_with(true), baseline="random", layer=0)
 
 
+def test_several_stages_are_concatenated_and_named(tmp_path):
+    """--layer 2,3: each stage's features (pooled alike) side by side, the result file and JSON
+    naming every stage; a repeated stage or a stage 0 is refused."""
+    data = _splits_with((torch.arange(80) // 40)[::4])
+    kw = dict(data=data, baseline="random", backbone="resnet18_quarter", k=5)
+    r = evaluate(["knn", "linear"], layer=(2, 3), pool="grid", out=tmp_path / "res", **kw)
+    enc = Encoder(create_backbone("resnet18_quarter", in_chans=1, img_size=16), [0.5], [0.25])
+    dims = [extract(enc, data.test.images, layer=x, pool="grid").shape[1] for x in (2, 3)]
+    assert r["knn"]["feature_dim"] == sum(dims) and r["knn"]["layer"] == [2, 3]
+    assert (tmp_path / "res" / "linear_layer2+3.json").is_file() and (tmp_path / "res" / "knn_layer2+3.json").is_file()
+    one = evaluate(["knn"], layer=3, pool="grid", **kw)["knn"]      # the same seed: the same random network
+    assert one["feature_dim"] == dims[1] and one["layer"] == 3
+    with pytest.raises(SelfSupError, match="two or more different stages"):
+        evaluate(["knn"], layer=(2, 2), **kw)
+    with pytest.raises(SelfSupError, match="--layer"):
+        evaluate(["knn"], layer=(2, 0), **kw)
+
+
 @pytest.mark.parametrize("name", ["resnet18_quarter", "vit_micro"])
 def test_one_pass_extraction_matches_stage_by_stage_extraction(name):
     from selfsup.eval.features import candidates, extract_many

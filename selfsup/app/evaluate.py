@@ -66,8 +66,13 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
         raise SelfSupError("give either --checkpoint RUN_DIR or --baseline random|pixels")
     if baseline not in (None, "random", "pixels"):
         raise SelfSupError(f"--baseline {baseline}: expected random or pixels")
-    if layer is not None and layer != "auto" and (not isinstance(layer, int) or layer < 1):
-        raise SelfSupError(f"--layer {layer}: expected a stage number (1, 2, ...) or auto")
+    if isinstance(layer, (list, tuple)):
+        layer = tuple(layer)
+        if len(layer) < 2 or len(set(layer)) != len(layer):
+            raise SelfSupError(f"--layer {','.join(map(str, layer))}: expected two or more different stages")
+    if layer is not None and layer != "auto" and \
+            not all(isinstance(x, int) and x >= 1 for x in (layer if isinstance(layer, tuple) else (layer,))):
+        raise SelfSupError(f"--layer {layer}: expected a stage number (1, 2, ...), several joined by commas, or auto")
     if (k is not None and k <= 0) or temperature <= 0:
         raise SelfSupError(f"--k and --temperature must be positive, got {k}, {temperature}")
     if checkpoint is not None and not Path(checkpoint).exists():
@@ -95,8 +100,13 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
             subject = {"checkpoint": str(checkpoint), "backbone": encoder.meta["backbone"], "method": encoder.meta.get("method")}
             if encoder.meta["in_chans"] != train.channels:
                 raise SelfSupError(f"--data {dataset.name}: has {train.channels} channel(s) but the backbone was trained on {encoder.meta['in_chans']}")
-        fx = lambda images, what: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool,  # noqa: E731
-                                               progress=progress, desc=f"features ({what})")
+        if isinstance(layer, tuple):   # several stages: their features side by side
+            fx = lambda images, what: torch.cat(list(feat.extract_many(  # noqa: E731
+                encoder, images, [(x, pool) for x in layer], batch_size, dev, progress=progress,
+                desc=f"features ({what})").values()), 1)
+        else:
+            fx = lambda images, what: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool,  # noqa: E731
+                                                   progress=progress, desc=f"features ({what})")
     selection = None
     if layer == "auto":
         if baseline == "pixels":
@@ -105,7 +115,8 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     bank_x, test_x = fx(bank.images, "train"), fx(test.images, on)
     feat_s = time.time() - t0
     common = {"data": spec, "split": on, "label_fraction": label_fraction, "seed": seed, "n_train": len(bank),
-              "n_test": len(test), "feature_dim": bank_x.shape[1], "layer": layer, "pool": pool, **subject}
+              "n_test": len(test), "feature_dim": bank_x.shape[1],
+              "layer": list(layer) if isinstance(layer, tuple) else layer, "pool": pool, **subject}
     if selection is not None:
         common["layer_selection"] = selection
     prov = runs.provenance(dev, 1, dataset.fingerprint)  # once: it hashes the data and asks git

@@ -85,8 +85,10 @@ def result_path(run_dir: str | Path, name: str = "") -> Path:
 
 
 def result_name(protocol: str, label_fraction: float = 1.0, split: str = "test", layer=None, tag: str = "") -> str:
-    """PROTOCOL[_FRACTION][_layerN][_val][@DATA].json: one file per protocol, labels, stage, split and
+    """PROTOCOL[_FRACTION][_layerN or _layerN+M][_val][@DATA].json: one file per protocol, labels, stage, split and
     dataset, so that no evaluation replaces another's result."""
+    if isinstance(layer, (list, tuple)):   # several stages concatenated: _layer2+3+4
+        layer = "+".join(map(str, layer))
     suffix = ("" if label_fraction == 1.0 else f"_{label_fraction:g}") + ("" if layer is None else f"_layer{layer}")
     return f"{protocol}{suffix}{'_val' if split == 'val' else ''}{tag}.json"
 
