@@ -121,4 +121,5 @@ def test_demo_falls_back_to_shapes_and_prints_the_comparison(tmp_path, capsys, m
     assert "notice: Fashion-MNIST not found" in out and "instead" in out
     for row in ("SimCLR (this run)", "random-init backbone", "raw pixels"):
         assert row in out
-    assert (tmp_path / "demo" / "eval" / "knn.json").is_file()
+    assert list((tmp_path / "demo" / "eval").glob("knn*.json"))   # knn_layerN.json: the stage chosen on validation
+    assert ", stage " in out
