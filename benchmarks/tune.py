@@ -5,9 +5,13 @@ defaults, then scores kNN (k=200, T=0.1) and the linear probe with a held-out st
 train split as queries (``eval --on val``), on the stage chosen by ``--layer auto`` inside the other
 5/6: the test split is never looked at. The random-init backbone and raw pixels get the same probes
 on the same split. Rows accumulate in benchmarks/results/tune-METHOD-DATA.json and the table is
-rewritten into BENCHMARKS.md (section tune-METHOD-DATA).
+rewritten into BENCHMARKS.md (section tune-METHOD-DATA). With ``--attention`` (a ViT on a dataset
+with object masks, e.g. ``shapes``) each trial also records the share of the last block's CLS
+attention inside the object on the same held-out sixth, against the object's share of the image
+(``selfsup.eval.attention``): DINO's attention target is chosen there, never on test.
 
     python benchmarks/tune.py jigsaw --data fashion-mnist --minutes 3 --trial "" --trial "lr=0.001"
+    python benchmarks/tune.py dino --data shapes --backbone vit_micro --minutes 10 --attention --trial ""
     python benchmarks/tune.py --smoke [METHOD] [--out DIR]   # the smoke budget on tiny shapes (rotation), in seconds
 """
 from __future__ import annotations
@@ -42,6 +46,19 @@ def probe(**kw) -> dict:
             "layer": ev["knn"].get("layer")}
 
 
+def val_attention(run_dir: Path, data, seed: int) -> dict:
+    """Attention-in-mask of the run's ViT on the held-out sixth of train that ``eval --on val`` scores on."""
+    from selfsup.app.evaluate import eval_splits
+    from selfsup.eval.attention import attention_report
+    from selfsup.runs import load_backbone
+    held = eval_splits(data, seed, "val")[1]
+    if held.masks is None:
+        raise SystemExit(f"--attention: {data.name} has no object masks (use shapes)")
+    rep = attention_report(load_backbone(run_dir), held.images, held.masks)
+    return {"val_in_mask": round(rep["in_mask"], 4), "val_area_share": round(rep["area_share"], 4),
+            "val_lift": round(rep["lift"], 3)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("method", nargs="?", help="the method to tune (required, but for --smoke: default rotation)")
@@ -52,6 +69,8 @@ def main():
     ap.add_argument("--trial", action="append", default=[], help="comma-separated key=value settings ('' = defaults)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="default runs/tuning (--smoke: a temp folder)")
+    ap.add_argument("--attention", action="store_true", help="also the ViT's CLS attention inside the object masks "
+                                                              "(shapes), on the validation sixth")
     ap.add_argument("--table-only", action="store_true", help="rewrite the BENCHMARKS.md table from the results file")
     ap.add_argument("--smoke", action="store_true", help="seconds: the smoke budget on tiny shapes; results and "
                                                          "BENCHMARKS.md in --out")
@@ -98,17 +117,24 @@ def main():
         row = {"settings": trial or "(defaults)", "backbone": backbone, "minutes": minutes, "seed": args.seed,
                "steps": res.steps, "epochs": round(res.steps * res.config.batch_size / len(data.train), 2),
                "train_s": round(train_s), **probe(checkpoint=run_dir, data=data, seed=args.seed, layer="auto"),
+               **(val_attention(run_dir, data, args.seed) if args.attention else {}),
                "config": json.loads((run_dir / "config.json").read_text())}
         print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
         state["rows"].append(row)
         save()
     b = state["baselines"]
-    table = ["| settings (over the defaults of the time) | backbone | budget (min) | seed | epochs | stage | val kNN | val linear |",
-             "|---|---|---:|---:|---:|---|---:|---:|"]
-    table += [f"| `{r['settings']}`{' (' + r['note'] + ')' if r.get('note') else ''} | {r['backbone']} | {r['minutes']:g} | {r['seed']} | {r['epochs']} | {r['layer'] or 'last'} "
-              f"| {r['val_knn']:.4f} | {r['val_linear']:.4f} |" for r in state["rows"]]
+    att = any("val_lift" in r for r in state["rows"])
+    table = ["| settings (over the defaults of the time) | backbone | budget (min) | seed | epochs | stage | val kNN | val linear |"
+             + (" attention inside the object (val) | object's share | lift |" if att else ""),
+             "|---|---|---:|---:|---:|---|---:|---:|" + ("---:|---:|---:|" if att else "")]
+    for r in state["rows"]:
+        a = (f" {r['val_in_mask']:.4f} | {r['val_area_share']:.4f} | {r['val_lift']:.2f} |" if "val_lift" in r else " — | — | — |") \
+            if att else ""
+        table.append(f"| `{r['settings']}`{' (' + r['note'] + ')' if r.get('note') else ''} | {r['backbone']} | {r['minutes']:g} | "
+                     f"{r['seed']} | {r['epochs']} | {r['layer'] or 'last'} | {r['val_knn']:.4f} | {r['val_linear']:.4f} |" + a)
     for kind, v in b.items():
-        table.append(f"| baseline: {kind} | | | {args.seed} | | {v['layer'] or '—'} | {v['val_knn']:.4f} | {v['val_linear']:.4f} |")
+        table.append(f"| baseline: {kind} | | | {args.seed} | | {v['layer'] or '—'} | {v['val_knn']:.4f} | {v['val_linear']:.4f} |"
+                     + (" | | |" if att else ""))
     body = ("Validation = a seeded stratified 1/6 of the train split as queries, the other 5/6 as the bank and "
             "linear training set (`selfsup eval knn linear --on val --layer auto`); the test split is not used. "
             "Each row is one trial run through this script (earlier rows came from the same script with other "
