@@ -100,13 +100,8 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
             subject = {"checkpoint": str(checkpoint), "backbone": encoder.meta["backbone"], "method": encoder.meta.get("method")}
             if encoder.meta["in_chans"] != train.channels:
                 raise SelfSupError(f"--data {dataset.name}: has {train.channels} channel(s) but the backbone was trained on {encoder.meta['in_chans']}")
-        if isinstance(layer, tuple):   # several stages: their features side by side
-            fx = lambda images, what: torch.cat(list(feat.extract_many(  # noqa: E731
-                encoder, images, [(x, pool) for x in layer], batch_size, dev, progress=progress,
-                desc=f"features ({what})").values()), 1)
-        else:
-            fx = lambda images, what: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool,  # noqa: E731
-                                                   progress=progress, desc=f"features ({what})")
+        fx = lambda images, what: feat.extract(encoder, images, batch_size, dev, layer=layer, pool=pool,  # noqa: E731
+                                               progress=progress, desc=f"features ({what})")
     selection = None
     if layer == "auto":
         if baseline == "pixels":

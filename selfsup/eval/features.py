@@ -70,16 +70,19 @@ def extract_many(encoder: nn.Module, images: torch.Tensor, choices, batch_size: 
 
 @torch.no_grad()
 def extract(encoder: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu",
-            layer: int | None = None, pool: str | None = None, progress: bool | None = None,
+            layer: int | tuple[int, ...] | None = None, pool: str | None = None, progress: bool | None = None,
             desc: str = "features") -> torch.Tensor:
     """Embeddings (N, D) of uint8 images (N, C, H, W).
 
     ``encoder`` is a :class:`selfsup.models.Encoder`. ``layer`` picks an earlier stage (ResNet
-    stage or ViT block, 1-based); ``pool`` is "avg" | "grid" for a ResNet map (:func:`pool_map`)
-    or "cls" | "mean" for a ViT's tokens. The encoder's train/eval mode is restored afterwards.
+    stage or ViT block, 1-based), or a tuple of them: their features side by side, each pooled by
+    ``pool``; ``pool`` is "avg" | "grid" for a ResNet map (:func:`pool_map`) or "cls" | "mean" for
+    a ViT's tokens. The encoder's train/eval mode is restored afterwards.
     ``progress``: a bar of images done and images/s on stderr (None: only when it is a terminal).
     """
-    return extract_many(encoder, images, [(layer, pool)], batch_size, device, progress, desc)[(layer, pool)]
+    choices = [(x, pool) for x in layer] if isinstance(layer, tuple) else [(layer, pool)]
+    feats = extract_many(encoder, images, choices, batch_size, device, progress, desc)
+    return feats[choices[0]] if len(choices) == 1 else torch.cat([feats[c] for c in choices], 1)
 
 
 def raw_pixels(images, mean, std, batch_size: int = 4096, progress: bool | None = None,
