@@ -40,23 +40,39 @@ def parse_trial(text: str) -> dict:
     return out
 
 
+def file_slug(spec: str) -> str:
+    """The data spec as it names results files and sections: the options count, since
+    ``shapes:colors=free`` is another dataset than ``shapes`` (their baselines differ)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in spec).strip("-")
+
+
 def probe(**kw) -> dict:
     ev = selfsup.evaluate(["knn", "linear"], on="val", **kw)
     return {"val_knn": round(ev["knn"]["accuracy"], 4), "val_linear": round(ev["linear"]["accuracy"], 4),
             "layer": ev["knn"].get("layer")}
 
 
-def val_attention(run_dir: Path, data, seed: int) -> dict:
-    """Attention-in-mask of the run's ViT on the held-out sixth of train that ``eval --on val`` scores on."""
+def val_attention(run_dir: Path | None, data, seed: int, backbone: str = "") -> dict:
+    """Attention-in-mask of the run's ViT (``run_dir``), or with ``run_dir`` None of a random-init
+    ``backbone`` (initialised as ``eval --baseline random --seed SEED`` does), on the held-out sixth of
+    train that ``eval --on val`` scores on."""
+    import torch
+    from selfsup import models
     from selfsup.app.evaluate import eval_splits
     from selfsup.eval.attention import attention_report
     from selfsup.runs import load_backbone
-    held = eval_splits(data, seed, "val")[1]
+    bank, held = eval_splits(data, seed, "val")
     if held.masks is None:
         raise SystemExit(f"--attention: {data.name} has no object masks (use shapes)")
-    rep = attention_report(load_backbone(run_dir), held.images, held.masks)
-    return {"val_in_mask": round(rep["in_mask"], 4), "val_area_share": round(rep["area_share"], 4),
-            "val_lift": round(rep["lift"], 3)}
+    if run_dir is None:
+        torch.manual_seed(seed)
+        encoder = models.Encoder(models.create_backbone(backbone, in_chans=bank.channels, img_size=bank.image_size[0]),
+                                 *bank.mean_std())
+    else:
+        encoder = load_backbone(run_dir)
+    rep = attention_report(encoder, held.images, held.masks)
+    return {"val_in_mask": round(rep["in_mask"], 4), "val_best_head": round(rep["best_head"], 4),
+            "val_area_share": round(rep["area_share"], 4), "val_lift": round(rep["lift"], 3)}
 
 
 def main():
@@ -86,7 +102,8 @@ def main():
     budget = get_budget(args.budget)
     minutes = args.minutes or budget.minutes
     backbone = args.backbone or budget.backbone
-    slug = f"{args.method}-{args.data.split(':')[0]}"
+    data_slug = "shapes" if args.smoke else file_slug(args.data)   # smoke: one fixed dataset, in a temp folder
+    slug = f"{args.method}-{data_slug}"
     results = results_root / f"tune-{slug}.json"
     state = json.loads(results.read_text()) if results.exists() else {"baselines": {}, "rows": []}
     data = selfsup.load_dataset(args.data)
@@ -95,7 +112,7 @@ def main():
         results.parent.mkdir(exist_ok=True)
         results.write_text(json.dumps(state, indent=1) + "\n")
 
-    shared_path = results_root / f"tune-baselines-{args.data.split(':')[0]}-seed{args.seed}.json"
+    shared_path = results_root / f"tune-baselines-{data_slug}-seed{args.seed}.json"
     shared = json.loads(shared_path.read_text()) if shared_path.exists() else {}
     for kind in ("pixels", f"random:{backbone}"):
         if kind not in state["baselines"]:
@@ -104,9 +121,13 @@ def main():
                 shared[kind] = probe(data=data, seed=args.seed, **kw)
                 shared_path.parent.mkdir(exist_ok=True)
                 shared_path.write_text(json.dumps(shared, indent=1) + "\n")
-            state["baselines"][kind] = shared[kind]
-            print(kind, state["baselines"][kind], flush=True)
-            save()
+            state["baselines"][kind] = dict(shared[kind])
+        elif not (args.attention and kind != "pixels" and "val_lift" not in state["baselines"][kind]):
+            continue
+        if args.attention and kind != "pixels":   # the random ViT's attention: a lift of about 1
+            state["baselines"][kind].update(val_attention(None, data, args.seed, backbone))
+        print(kind, state["baselines"][kind], flush=True)
+        save()
     for trial in ([] if args.table_only else args.trial or [""]):
         settings = parse_trial(trial)
         run_dir = Path(args.out) / slug / (trial.replace(",", "_").replace("=", "") or "defaults")
@@ -134,7 +155,8 @@ def main():
                      f"{r['seed']} | {r['epochs']} | {r['layer'] or 'last'} | {r['val_knn']:.4f} | {r['val_linear']:.4f} |" + a)
     for kind, v in b.items():
         table.append(f"| baseline: {kind} | | | {args.seed} | | {v['layer'] or '—'} | {v['val_knn']:.4f} | {v['val_linear']:.4f} |"
-                     + (" | | |" if att else ""))
+                     + ((f" {v['val_in_mask']:.4f} | {v['val_area_share']:.4f} | {v['val_lift']:.2f} |" if "val_lift" in v
+                         else " | | |") if att else ""))
     body = ("Validation = a seeded stratified 1/6 of the train split as queries, the other 5/6 as the bank and "
             "linear training set (`selfsup eval knn linear --on val --layer auto`); the test split is not used. "
             "Each row is one trial run through this script (earlier rows came from the same script with other "

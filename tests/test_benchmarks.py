@@ -161,3 +161,33 @@ def test_smoke_mode(script, smoke_runs):
         assert float(minutes) == get_budget("smoke").minutes and 0 <= float(knn) <= 1 and 0 <= float(linear) <= 1
     # no unit of the smoke budget trains zero steps
     assert "steps\": 0," not in proc.stdout, proc.stdout
+
+
+def _tune_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tune_for_tests", BENCH / "tune.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))   # the script imports record.py from its own folder
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_tune_names_its_files_by_the_whole_data_spec():
+    # shapes:colors=free is another dataset than shapes: its trials and baselines must not share a file
+    slug = _tune_module().file_slug
+    assert slug("fashion-mnist") == "fashion-mnist" and slug("shapes") == "shapes"
+    assert len({slug("shapes"), slug("shapes:colors=free"), slug("shapes:colors=class")}) == 3
+    assert "/" not in slug("folder:/data/x") and ":" not in slug("shapes:colors=free")
+
+
+def test_tune_attention_of_a_random_vit_is_seeded_and_a_share():
+    import selfsup
+    tune = _tune_module()
+    data = selfsup.load_dataset("shapes:n=120,n_test=0,size=16")
+    a, b = (tune.val_attention(None, data, 0, "vit_micro") for _ in range(2))
+    assert a == b, (a, b)                                       # seeded: the random-init baseline is reproducible
+    assert 0 < a["val_in_mask"] <= a["val_best_head"] <= 1 and 0 < a["val_area_share"] < 1
+    assert a["val_lift"] == pytest.approx(a["val_in_mask"] / a["val_area_share"], abs=2e-3)
