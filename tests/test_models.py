@@ -12,8 +12,9 @@ LIGHT = [n for n in BACKBONES if n in ("resnet18_quarter", "vit_micro")]
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_backbone_contract(name):
     torch.manual_seed(0)
-    m = create_backbone(name, in_chans=1, img_size=28).eval()
-    x = torch.randn(2, 1, 28, 28)
+    side = 32 if name.endswith("_p8") else 28   # Fashion-MNIST's 28 px is no multiple of 8
+    m = create_backbone(name, in_chans=1, img_size=side).eval()
+    x = torch.randn(2, 1, side, side)
     with torch.no_grad():
         pooled, feats = m(x), m.forward_features(x)
     assert pooled.shape == (2, m.embed_dim)
@@ -32,6 +33,14 @@ def test_resnet_small_image_stem_keeps_resolution():
     assert m.forward_features(torch.randn(1, 3, 32, 32), stage=1).shape[-1] == 32  # stride-1 stem, no max-pool
     assert m.forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
     assert m.embed_dim == 128 and sum(p.numel() for p in m.parameters()) < 1e6
+
+
+def test_vit_patch8_has_a_quarter_of_the_tokens_and_refuses_a_side_it_cannot_tile():
+    m = create_backbone("vit_micro_p8", in_chans=3, img_size=32)
+    assert m.forward_features(torch.randn(1, 3, 32, 32)).shape[1] == 1 + 16
+    assert m.forward_features(torch.randn(1, 3, 16, 16)).shape[1] == 1 + 4   # a 16-px local crop
+    with pytest.raises(SelfSupError, match="multiple of 8; got 28"):
+        create_backbone("vit_micro_p8", in_chans=1, img_size=28)
 
 
 def test_vit_patch4_tokens_and_other_crop_sizes():

@@ -20,6 +20,9 @@ class ViT(nn.Module):
     def __init__(self, embed_dim: int, depth: int, num_heads: int, patch_size: int = 4, img_size: int = 32,
                  in_chans: int = 3, pool: str = "cls", drop_path_rate: float = 0.0):
         super().__init__()
+        if img_size % patch_size:
+            raise SelfSupError(f"a ViT with {patch_size}-pixel patches needs an image side that is a multiple of "
+                               f"{patch_size}; got {img_size} (choose another backbone, or resize the images)")
         self.vit = VisionTransformer(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, embed_dim=embed_dim,
             depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token",
