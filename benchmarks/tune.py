@@ -130,7 +130,7 @@ def main():
         save()
     for trial in ([] if args.table_only else args.trial or [""]):
         settings = parse_trial(trial)
-        run_dir = Path(args.out) / slug / (trial.replace(",", "_").replace("=", "") or "defaults")
+        run_dir = Path(args.out) / slug / backbone / (trial.replace(",", "_").replace("=", "") or "defaults")   # one per backbone
         t0 = time.time()
         res = selfsup.train(args.method, data=data, out=run_dir, overwrite=True, progress=False, backbone=backbone,
                             time_limit=minutes, epochs=budget.max_epochs, seed=args.seed, **settings)
