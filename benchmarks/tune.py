@@ -56,20 +56,13 @@ def val_attention(run_dir: Path | None, data, seed: int, backbone: str = "") -> 
     """Attention-in-mask of the run's ViT (``run_dir``), or with ``run_dir`` None of a random-init
     ``backbone`` (initialised as ``eval --baseline random --seed SEED`` does), on the held-out sixth of
     train that ``eval --on val`` scores on."""
-    import torch
-    from selfsup import models
-    from selfsup.app.evaluate import eval_splits
+    from selfsup.app.evaluate import eval_splits, random_encoder
     from selfsup.eval.attention import attention_report
     from selfsup.runs import load_backbone
     bank, held = eval_splits(data, seed, "val")
     if held.masks is None:
         raise SystemExit(f"--attention: {data.name} has no object masks (use shapes)")
-    if run_dir is None:
-        torch.manual_seed(seed)
-        encoder = models.Encoder(models.create_backbone(backbone, in_chans=bank.channels, img_size=bank.image_size[0]),
-                                 *bank.mean_std())
-    else:
-        encoder = load_backbone(run_dir)
+    encoder = random_encoder(backbone, bank, seed) if run_dir is None else load_backbone(run_dir)
     rep = attention_report(encoder, held.images, held.masks)
     return {"val_in_mask": round(rep["in_mask"], 4), "val_best_head": round(rep["best_head"], 4),
             "val_area_share": round(rep["area_share"], 4), "val_lift": round(rep["lift"], 3)}

@@ -46,6 +46,14 @@ def eval_splits(data: DatasetSplits, seed: int = 0, on: str = "test") -> tuple:
     return train, test
 
 
+def random_encoder(name: str, train, seed: int) -> models.Encoder:
+    """The ``--baseline random`` subject: backbone ``name`` initialised from ``seed``, with ``train``'s
+    channels, side and normalisation."""
+    torch.manual_seed(seed)
+    return models.Encoder(models.create_backbone(name, in_chans=train.channels, img_size=train.image_size[0]),
+                          *train.mean_std())
+
+
 def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, data: str | DatasetSplits | None = None,
              baseline: str | None = None, backbone: str | None = None, label_fraction: float = 1.0, seed: int = 0,
              k: int | None = None, temperature: float = 0.1, layer: int | None = None, pool: str | None = None,
@@ -91,9 +99,7 @@ def evaluate(protocols=("knn", "linear"), checkpoint: str | Path | None = None, 
     else:
         if baseline == "random":
             name = backbone or models.DEFAULT_BACKBONE
-            torch.manual_seed(seed)
-            mean, std = train.mean_std()
-            encoder = models.Encoder(models.create_backbone(name, in_chans=train.channels, img_size=train.image_size[0]), mean, std)
+            encoder = random_encoder(name, train, seed)
             subject = {"baseline": "random", "backbone": name, "init_seed": seed}
         else:
             encoder = load_backbone(checkpoint)
