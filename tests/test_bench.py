@@ -149,3 +149,28 @@ def test_the_smoke_budget_subsamples_stratified_and_the_chart_lists_skipped_subj
     bench_mod.bar_chart(table, tmp_path / "c.png", "t")
     bench_mod.efficiency_plot(table, tmp_path / "e.png", "t")
     assert (tmp_path / "c.png").stat().st_size > 5000 and (tmp_path / "e.png").stat().st_size > 5000
+
+
+def test_the_best_method_and_its_supervised_references_fine_tune_on_all_labels(tmp_path, monkeypatch):
+    cpu = bench_mod.get_budget("cpu")
+    row = lambda s, b, lin=None, status="ok": {"subject": s, "backbone": b, "status": status} | (
+        {"linear": lin} if lin is not None else {})
+    rows = [row("simclr", "resnet18_quarter", 0.90), row("mae", "vit_micro", 0.95, status="error"),
+            row("dino", "vit_micro", 0.93), row("rotation", "resnet18_quarter", 0.85),
+            row("supervised", "resnet18_quarter"), row("supervised", "vit_micro"), row("random", "vit_micro", 0.99)]
+    assert cpu.ft_full == 1   # a failed unit and a baseline are never "the best method"
+    assert bench_mod.full_finetune_subjects(rows, cpu) == [
+        ("dino", "vit_micro"), ("supervised", "resnet18_quarter"), ("supervised", "vit_micro")]
+    assert bench_mod.full_finetune_subjects(rows[:1] + rows[3:5], cpu) == [
+        ("simclr", "resnet18_quarter"), ("supervised", "resnet18_quarter")]
+    assert bench_mod.full_finetune_subjects(rows, bench_mod.get_budget("smoke")) == []   # smoke: every unit did
+
+    calls = []
+    monkeypatch.setattr(bench_mod, "_finetunes", lambda kw, data, seed, budget, row, fractions=None, progress=False:
+                        calls.append((kw, list(fractions or bench_mod.FT_FRACTIONS))))
+    bench_mod.run_unit("supervised", "resnet18_quarter", None, 0, cpu, tmp_path)
+    bench_mod.run_unit("supervised", "vit_micro", None, 0, cpu, tmp_path, part="ft100")
+    bench_mod.run_unit("simclr", "resnet18_quarter", None, 0, cpu, tmp_path, part="ft100")
+    assert calls == [({"baseline": "supervised", "backbone": "resnet18_quarter"}, [0.01, 0.1]),
+                     ({"baseline": "supervised", "backbone": "vit_micro"}, [1.0]),
+                     ({"checkpoint": tmp_path / "runs" / "simclr-seed0"}, [1.0])]

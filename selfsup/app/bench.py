@@ -168,7 +168,7 @@ def _finetunes(kw: dict, data: DatasetSplits, seed: int, budget: Budget, row: di
         else:
             timing = {"steps": default_steps(n, batch_size_for(n), budget.ft_epochs, budget.ft_min_steps)}
         res = finetune(data=data, label_fraction=fraction, seed=seed, lrs=list(budget.ft_lrs), progress=progress,
-                       **timing, **kw)
+                       search_share=budget.ft_search_share, **timing, **kw)
         row[col] = res["accuracy"]
         row[f"{col}_lr"] = res["lr"]
         row[f"{col}_steps"] = res["steps"]
@@ -200,16 +200,18 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
     try:
         if part == "ft100":
             row["part"] = part
-            _finetunes({"checkpoint": out / "runs" / f"{subject}-seed{seed}"}, data, seed, budget, row, [1.0],
-                       progress=progress)
+            kw = ({"baseline": "supervised", "backbone": backbone} if subject == "supervised"
+                  else {"checkpoint": out / "runs" / f"{subject}-seed{seed}"})
+            _finetunes(kw, data, seed, budget, row, [1.0], progress=progress)
         elif subject == "pixels":
             for f in PROBE_FRACTIONS:
                 row.update(_probe({"baseline": "pixels"}, data, seed, f, progress))
         elif subject == "random":
             for f in PROBE_FRACTIONS:
                 row.update(_probe({"baseline": "random", "backbone": backbone}, data, seed, f, progress))
-        elif subject == "supervised":
-            _finetunes({"baseline": "supervised", "backbone": backbone}, data, seed, budget, row, progress=progress)
+        elif subject == "supervised":   # (100% of the labels: a ft100 part, where the budget limits those runs)
+            _finetunes({"baseline": "supervised", "backbone": backbone}, data, seed, budget, row,
+                       FT_FRACTIONS if budget.ft_full < 0 else [f for f in FT_FRACTIONS if f < 1.0], progress=progress)
         else:
             from .train import train
             from ..methods import get_method
@@ -299,7 +301,7 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
         return row
 
     units = plan(names, b)
-    full = 0 if b.ft_full < 0 else min(b.ft_full, len(names))
+    full = 0 if b.ft_full < 0 else min(b.ft_full, len(names)) + 1   # (+ supervised; a ViT among the best adds one)
     # smoothing=0: the time left is the mean of the finished units times those left
     shown_bar = bar(total=seeds * (len(units) + full), progress=progress, desc="bench", unit="unit", smoothing=0,
                     bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} units [{elapsed}<{remaining}]{postfix}")
@@ -307,7 +309,7 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
         for seed in range(seeds):
             seed_rows = [unit(subject, backbone, seed) for subject, backbone in units]
             chosen = full_finetune_subjects(seed_rows, b)
-            shown_bar.total -= full - len(chosen)
+            shown_bar.total += len(chosen) - full
             for subject, backbone in chosen:
                 extra = unit(subject, backbone, seed, "ft100")
                 row = next(r for r in seed_rows if r["subject"] == subject and r["backbone"] == backbone)
@@ -327,13 +329,18 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
 
 
 def full_finetune_subjects(rows: list[dict], budget: Budget) -> list[tuple[str, str]]:
-    """The self-supervised methods that also fine-tune on 100% of the labels: the best
-    ``budget.ft_full`` by linear probe (none when every method already did, ``ft_full`` < 0)."""
+    """The units that also fine-tune on 100% of the labels: the best ``budget.ft_full``
+    self-supervised methods by linear probe, then the supervised arm on the budget's backbone and
+    on each of theirs, so every 100% figure has its from-scratch reference (none when every unit
+    already did, ``ft_full`` < 0)."""
     if budget.ft_full < 0:
         return []
     ssl = [r for r in rows if r["subject"] not in BASELINES and r["status"] == "ok" and isinstance(r.get("linear"), float)]
     ssl.sort(key=lambda r: -r["linear"])
-    return [(r["subject"], r["backbone"]) for r in ssl[:budget.ft_full]]
+    best = [(r["subject"], r["backbone"]) for r in ssl[:budget.ft_full]]
+    ran = {r["backbone"] for r in rows if r["subject"] == "supervised"}
+    backbones = [b for b in dict.fromkeys([budget.backbone, *(b for _, b in best)]) if b in ran]
+    return best + [("supervised", b) for b in backbones]
 
 
 def merge_part(row: dict, part: dict) -> None:
@@ -410,14 +417,16 @@ def markdown(summary: dict) -> str:
     sub = (f" **Subsampled**: {b['subsample']} training and {b['test_subsample'] or 'all'} test images (stratified), "
            "so the figures say whether everything runs, not how well." if b.get("subsample") else "")
     full = ("" if b.get("ft_full", -1) < 0 else
-            f" Fine-tuning on 100% of the labels: supervised and the best {b['ft_full']} method(s) by linear probe.")
+            f" Fine-tuning on 100% of the labels: the best {b['ft_full']} method(s) by linear probe, and supervised "
+            "on their backbones and on the budget's.")
     budget_ft = (f"{b['ft_minutes']:g} minutes" if b["ft_minutes"] else
                  f"{b['ft_epochs']:g} epochs over the labelled images (at least {b['ft_min_steps']} steps)")
     return (f"Data `{summary['data']}`, budget `{b['name']}`: {b['minutes']:g} wall-clock minutes of pretraining per method "
             f"(`{b['backbone']}`, ViT methods `{b['vit']}`), fine-tuning " + budget_ft
             + f" per run with the learning rate chosen from {list(b['ft_lrs'])} on a held-out sixth of the labels "
-            "(extended once past a winning edge); "
-            f"{summary['seeds']} seed(s), mean ± sample std. kNN and linear on the stage chosen on validation from the "
+            + (f"(each candidate training {b['ft_search_share']:g} of the run's steps; extended once past a winning edge); "
+               if b.get("ft_search_share", 1.0) != 1.0 else "(extended once past a winning edge); ")
+            + f"{summary['seeds']} seed(s), mean ± sample std. kNN and linear on the stage chosen on validation from the "
             "probe's own labels." + sub + full + "\n\n" + "\n".join(lines) + "\n\n" + label_efficiency(summary["table"])
             + ("\n\nNotes: " + "; ".join(notes) + "." if notes else ""))
 
