@@ -100,6 +100,8 @@ def test_units_are_reused_only_when_commit_and_config_match(tmp_path, monkeypatc
     assert n == len(first["rows"]) == 4   # rotation, supervised, random, pixels
     again = bench_mod.bench(**kw)
     assert len(calls) == n and again["rows"] == first["rows"]          # all reused
+    assert again["unit_minutes"] == first["unit_minutes"] > 0 and again["units"] == 4   # ... with their recorded time
+    assert f"Time: 4 units took {first['unit_minutes']:g} minutes in all" in (tmp_path / "b" / "bench.md").read_text()
     monkeypatch.setattr(bench_mod, "clean_commit", lambda: "c2")       # another commit: all run again
     bench_mod.bench(**kw)
     assert len(calls) == 2 * n

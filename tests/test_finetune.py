@@ -155,6 +155,8 @@ def test_a_run_too_short_to_converge_is_flagged(pretrained):
     assert too_short(40, 0.3) and "epochs" in too_short(40, 0.3)
     assert too_short(50, 20.0) and "steps" in too_short(50, 20.0)
     assert too_short(4690, 10.0) is None
+    from selfsup.app.finetune import epochs_over   # full batches, as the engine counts an epoch
+    assert epochs_over(1404, 60000, 128) == 3.0 and too_short(1404, epochs_over(1404, 60000, 128)) is None
     assert default_steps(600, 128) == 1000 and default_steps(60000, 128) == 4688   # a floor for small fractions
     res = selfsup.finetune(baseline="supervised", data=DATA, lrs=[2e-3], steps=6)
     assert res["steps"] == 6 and res["short"]

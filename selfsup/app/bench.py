@@ -276,7 +276,8 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
     splits = subsample(splits, b)
     (out / "results").mkdir(parents=True, exist_ok=True)
     commit = clean_commit()
-    rows = []
+    rows, spent = [], []   # spent: each unit's minutes (ft100 parts included), as run or as recorded when reused
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     def unit(subject: str, backbone: str, seed: int, part: str = "") -> dict:
         key = unit_key(subject, backbone, splits, seed, b) | ({"part": part} if part else {})
@@ -288,6 +289,7 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
                 with printing():
                     log(f"reused {path.name} ({old['status']})")
                 shown_bar.update(1)
+                spent.append(old.get("minutes", 0.0))
                 return old
         shown_bar.set_postfix_str(f"{subject} {backbone} {part} seed {seed}".replace("  ", " "))
         row = run_unit(subject, backbone, splits, seed, b, out, part, progress=progress)
@@ -298,6 +300,7 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
             log(f"{subject} {backbone}{' ' + part if part else ''} seed {seed}: {row['status']} "
                 f"{row.get('error', '')} {shown} ({row['minutes']:.1f} min)".replace("  ", " "))
         shown_bar.update(1)
+        spent.append(row["minutes"])
         return row
 
     units = plan(names, b)
@@ -318,7 +321,8 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
     finally:
         shown_bar.close()
     summary = {"data": splits.name, "data_spec": data, "budget": dataclasses.asdict(b), "seeds": seeds, "rows": rows,
-               "table": aggregate(rows)}
+               "table": aggregate(rows), "unit_minutes": round(sum(spent), 1), "units": len(spent),
+               "load": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None], "machine": machine()}
     rundir.write_json(out / "bench.json", summary)
     write_csv(rows, out / "bench.csv")
     (out / "bench.md").write_text(markdown(summary) + "\n")
@@ -428,7 +432,19 @@ def markdown(summary: dict) -> str:
                if b.get("ft_search_share", 1.0) != 1.0 else "(extended once past a winning edge); ")
             + f"{summary['seeds']} seed(s), mean ± sample std. kNN and linear on the stage chosen on validation from the "
             "probe's own labels." + sub + full + "\n\n" + "\n".join(lines) + "\n\n" + label_efficiency(summary["table"])
-            + ("\n\nNotes: " + "; ".join(notes) + "." if notes else ""))
+            + ("\n\nNotes: " + "; ".join(notes) + "." if notes else "") + _timing(summary))
+
+
+def _timing(summary: dict) -> str:
+    """How long the units took (the sum of their own minutes, reused ones as recorded), per seed."""
+    if "unit_minutes" not in summary:
+        return ""
+    load = summary.get("load") or [None, None]
+    where = (f"; 1-minute load average {load[0]:.2f} at the start and {load[1]:.2f} at the end of this invocation"
+             if None not in load else "")
+    return (f"\n\nTime: {summary['units']} units took {summary['unit_minutes']:g} minutes in all, "
+            f"{summary['unit_minutes'] / summary['seeds']:.1f} per seed, on {summary.get('machine', 'this machine')}"
+            f"{where}. Images/s of each pretraining run are in bench.json.")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
