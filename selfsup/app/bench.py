@@ -190,6 +190,17 @@ def subsample(data: DatasetSplits, budget: Budget, seed: int = 0) -> DatasetSpli
                                test=cut(data.test, budget.test_subsample))
 
 
+def _unit_fractions(budget: Budget) -> list[float]:
+    """The label fractions a unit fine-tunes at itself: all, or below 100% where the budget limits
+    the 100% runs to chosen subjects (each then a ``ft100`` part)."""
+    return list(FT_FRACTIONS) if budget.ft_full < 0 else [f for f in FT_FRACTIONS if f < 1.0]
+
+
+def _load1() -> float | None:
+    """The 1-minute load average, where the platform has one."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget: Budget, out: Path,
              part: str = "", progress: bool | None = False) -> dict:
     """Train (for a method) and evaluate one unit; never raises for the unit's own failures.
@@ -209,9 +220,9 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
         elif subject == "random":
             for f in PROBE_FRACTIONS:
                 row.update(_probe({"baseline": "random", "backbone": backbone}, data, seed, f, progress))
-        elif subject == "supervised":   # (100% of the labels: a ft100 part, where the budget limits those runs)
+        elif subject == "supervised":
             _finetunes({"baseline": "supervised", "backbone": backbone}, data, seed, budget, row,
-                       FT_FRACTIONS if budget.ft_full < 0 else [f for f in FT_FRACTIONS if f < 1.0], progress=progress)
+                       _unit_fractions(budget), progress=progress)
         else:
             from .train import train
             from ..methods import get_method
@@ -229,8 +240,7 @@ def run_unit(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
                        train_minutes=round((time.time() - t0) / 60, 2))
             for f in PROBE_FRACTIONS:
                 row.update(_probe({"checkpoint": run_dir}, data, seed, f, progress))
-            _finetunes({"checkpoint": run_dir}, data, seed, budget, row,
-                       FT_FRACTIONS if budget.ft_full < 0 else [f for f in FT_FRACTIONS if f < 1.0], progress=progress)
+            _finetunes({"checkpoint": run_dir}, data, seed, budget, row, _unit_fractions(budget), progress=progress)
     except Exception as e:  # noqa: BLE001 - one broken unit must not stop the others; its row says why
         message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         row["status"] = "non-finite" if "diverged" in message else "error"
@@ -277,7 +287,7 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
     (out / "results").mkdir(parents=True, exist_ok=True)
     commit = clean_commit()
     rows, spent = [], []   # spent: each unit's minutes (ft100 parts included), as run or as recorded when reused
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = _load1()
 
     def unit(subject: str, backbone: str, seed: int, part: str = "") -> dict:
         key = unit_key(subject, backbone, splits, seed, b) | ({"part": part} if part else {})
@@ -322,7 +332,7 @@ def bench(methods: str | None = None, data: str = "fashion-mnist", budget: str =
         shown_bar.close()
     summary = {"data": splits.name, "data_spec": data, "budget": dataclasses.asdict(b), "seeds": seeds, "rows": rows,
                "table": aggregate(rows), "unit_minutes": round(sum(spent), 1), "units": len(spent),
-               "load": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None], "machine": machine()}
+               "load": [load_before, _load1()], "machine": machine()}
     rundir.write_json(out / "bench.json", summary)
     write_csv(rows, out / "bench.csv")
     (out / "bench.md").write_text(markdown(summary) + "\n")
@@ -437,9 +447,7 @@ def markdown(summary: dict) -> str:
 
 def _timing(summary: dict) -> str:
     """How long the units took (the sum of their own minutes, reused ones as recorded), per seed."""
-    if "unit_minutes" not in summary:
-        return ""
-    load = summary.get("load") or [None, None]
+    load = summary["load"]
     where = (f"; 1-minute load average {load[0]:.2f} at the start and {load[1]:.2f} at the end of this invocation"
              if None not in load else "")
     return (f"\n\nTime: {summary['units']} units took {summary['unit_minutes']:g} minutes in all, "
