@@ -12,8 +12,8 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-cache-dir $(TORCH)
+	$(BIN)/pip install -q --no-cache-dir -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
