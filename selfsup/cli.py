@@ -156,10 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="every method (or --methods) at a named budget beside the baselines",
                         description="Pretrain each self-supervised method for the budget's minutes, then kNN, linear "
-                                    "(100%% and 1%% labels) and fine-tuning (1%%, 10%%, 100%%), beside the same network "
-                                    "trained from scratch (supervised), random-init and raw pixels. Writes OUT/bench.md, "
-                                    ".json, .csv, .png and updates --record's section; units are reused when commit and "
-                                    "config hash match. Exits 1 when any unit crashed or went non-finite.")
+                                    "(100% and 1% labels) and fine-tuning (1%, 10%; 100% for the budget's ft_full "
+                                    "best), beside the same network trained from scratch (supervised), random-init and "
+                                    "raw pixels. Writes OUT/bench.md, .json, .csv, .png and updates --record's section; "
+                                    "units are reused when commit and config hash match. Exits 1 when any unit crashed "
+                                    "or went non-finite.")
     bn.add_argument("--methods", default=None, help="comma-separated (default: every self-supervised method)")
     bn.add_argument("--data", default="fashion-mnist", help="a labelled dataset (default fashion-mnist)")
     bn.add_argument("--data-dir", default=None)
