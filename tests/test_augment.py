@@ -111,6 +111,40 @@ def test_grey_stays_grey_and_multi_crop():
     assert torch.equal(A.grayscale(x, torch.ones(3, dtype=torch.bool)), x)
 
 
+def test_equal_recipes_are_built_as_one_batch(monkeypatch):
+    imgs = (rand_images(6, 3, 28, 28) * 255).to(torch.uint8)
+    g, l = A.ViewConfig(size=24), A.ViewConfig(size=12, scale=(0.05, 0.4))
+    calls = []
+    real = A._make_view
+    monkeypatch.setattr(A, "_make_view", lambda x, cfg, *a, **k: calls.append(len(x)) or real(x, cfg, *a, **k))
+    views = A.make_views(imgs, [g, g, l, l, l, g], MEAN3, STD3, generator=gen(0))
+    assert calls == [12, 18, 6]                      # runs of equal recipes: one call each, k * B images
+    assert [tuple(v.shape) for v in views] == [(6, 3, 24, 24)] * 2 + [(6, 3, 12, 12)] * 3 + [(6, 3, 24, 24)]
+    # every sample of every view draws its own parameters: no two views of an image are equal
+    for i in range(6):
+        assert not torch.allclose(views[0][i], views[1][i])
+        assert not torch.allclose(views[2][i], views[3][i]) and not torch.allclose(views[3][i], views[4][i])
+    # seeded as before: the same generator gives the same views
+    again = A.make_views(imgs, [g, g, l, l, l, g], MEAN3, STD3, generator=gen(0))
+    assert all(torch.equal(a, b) for a, b in zip(views, again))
+
+
+def test_large_runs_are_cut_into_cache_sized_calls(monkeypatch):
+    imgs = (rand_images(10, 3, 16, 16) * 255).to(torch.uint8)
+    cfg = A.ViewConfig(size=16)
+    calls = []
+    real = A._make_view
+    monkeypatch.setattr(A, "_make_view", lambda x, c, *a, **k: calls.append(len(x)) or real(x, c, *a, **k))
+    monkeypatch.setattr(A, "CHUNK", 7 * 3 * 16 * 16)                 # 7 images per call
+    views = A.make_views(imgs, [cfg, cfg], MEAN3, STD3, generator=gen(0))
+    assert calls == [7, 7, 6]                                          # 20 images in 3 near-equal calls
+    assert [tuple(v.shape) for v in views] == [(10, 3, 16, 16)] * 2
+    assert not torch.allclose(views[0], views[1])
+    calls.clear()
+    again = A.make_views(imgs, [cfg, cfg], MEAN3, STD3, generator=gen(0))
+    assert all(torch.equal(a, b) for a, b in zip(views, again)) and calls == [7, 7, 6]
+
+
 def test_any_device():
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     imgs = (rand_images(4, 3, 16, 16) * 255).to(torch.uint8)

@@ -114,7 +114,11 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Te
     px = torch.minimum(torch.maximum(left + ux * w - 0.5, left), left + w - 1)             # (B, S)
     py = torch.minimum(torch.maximum(top + u * h - 0.5, top), top + h - 1)                 # (B, S)
     gx, gy = (2 * px + 1) / W - 1, (2 * py + 1) / H - 1       # to grid_sample's [-1, 1] (align_corners=False)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)       # (B, S, S, 2)
+    # (B, S, S, 2) written by two broadcast copies: torch.stack of the two broadcast views cost
+    # about 40% as much as grid_sample itself here (cat of stride-0 inputs)
+    grid = torch.empty(B, size, size, 2, dtype=x.dtype, device=x.device)
+    grid[..., 0] = gx[:, None, :]
+    grid[..., 1] = gy[:, :, None]
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -310,13 +314,40 @@ def _make_view(images, cfg: ViewConfig, mean, std, generator=None) -> torch.Tens
     return normalize(x, mean, std, inplace=True)
 
 
+# Floats per _make_view call when make_views builds its views: each view is a chain of passes over
+# its batch, which ran fastest while the batch stayed about L2-sized. Batches of 0.4-0.5 M floats
+# (512 grey 28x28 images, 128 RGB 32x32) gave the most views/s, both larger and smaller fewer
+# (BENCHMARKS.md, "Views in cache-sized batches"); larger runs are split, equal recipes merged.
+CHUNK = 1 << 19
+
+
 def make_views(images: torch.Tensor, cfgs: Sequence[ViewConfig], mean: Sequence[float], std: Sequence[float],
                generator=None) -> list[torch.Tensor]:
     """One view per recipe in ``cfgs`` (e.g. 2 global + k local crops), each ``[B, C, size, size]``;
-    the batch is converted to float once."""
+    the batch is converted to float once. A run of k consecutive equal recipes (SimCLR's two views,
+    DINO's local crops) is built as one batch of k * B images, cut into calls of about
+    :data:`CHUNK` floats: every sample still draws its own crop, flip and colour factors, but the
+    per-call work (parameter draws, small ops) is paid once per call and each call's passes stay
+    in cache. The order of the four colour-jitter ops is drawn per call, so views built in one
+    call share it."""
     with view_threads(images):
         x = to_float(images)
-        return [_make_view(x, cfg, mean, std, generator) for cfg in cfgs]
+        B, C = x.shape[:2]
+        out, i = [], 0
+        while i < len(cfgs):
+            cfg, k = cfgs[i], 1
+            while i + k < len(cfgs) and cfgs[i + k] == cfg:
+                k += 1
+            total = k * B
+            per_image = max(x[0].numel(), C * cfg.size * cfg.size)
+            calls = -(-total // max(1, CHUNK // per_image))           # ceil
+            step = -(-total // calls)                                  # equal calls, the last one shorter
+            xs = x if k == 1 else x.repeat(k, 1, 1, 1)
+            y = _make_view(xs, cfg, mean, std, generator) if calls == 1 else \
+                torch.cat([_make_view(xs[s:s + step], cfg, mean, std, generator) for s in range(0, total, step)])
+            out += list(y.chunk(k)) if k > 1 else [y]
+            i += k
+        return out
 
 
 def multi_crop(images: torch.Tensor, global_cfg: ViewConfig, n_global: int, local_cfg: ViewConfig, n_local: int,

@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import ViewConfig, make_view
+from ..data.augment import ViewConfig, make_views
 from ..losses import gather_no_grad, in_fp32, world
 from ..models import is_vit
 from ..models.heads import ema_update, mlp
@@ -220,8 +220,9 @@ class _Momentum(Method):
         ema_update(self.key_encoder, self._query_encoder(), self.momentum())
 
     def views(self, images):
-        """Two independently augmented, normalised views (B, C, S, S) of a uint8 batch."""
-        return [make_view(images, self.view, self.data.mean, self.data.std) for _ in range(2)]
+        """Two independently augmented, normalised views (B, C, S, S) of a uint8 batch (built as one
+        batch of 2B: make_views)."""
+        return make_views(images, [self.view, self.view], self.data.mean, self.data.std)
 
     def pictures(self, batch: dict):
         v1, v2 = self.views(batch["images"][:8])

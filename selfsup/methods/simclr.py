@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.augment import ViewConfig, make_view
+from ..data.augment import ViewConfig, make_views
 from ..losses import nt_xent
 from ..models.heads import mlp
 from .base import DataInfo, Method, Picture, denormalize
@@ -54,8 +54,9 @@ class SimCLR(Method):
                                gray_p=cfg.gray_p, blur_p=cfg.blur_p)
 
     def views(self, images):
-        """Two independently augmented, normalised views (B, C, S, S) of a uint8 batch."""
-        return [make_view(images, self.view, self.data.mean, self.data.std) for _ in range(2)]
+        """Two independently augmented, normalised views (B, C, S, S) of a uint8 batch (built as one
+        batch of 2B: make_views)."""
+        return make_views(images, [self.view, self.view], self.data.mean, self.data.std)
 
     def forward(self, batch: dict):
         v1, v2 = self.views(batch["images"])
