@@ -176,3 +176,14 @@ def test_the_best_method_and_its_supervised_references_fine_tune_on_all_labels(t
     assert calls == [({"baseline": "supervised", "backbone": "resnet18_quarter"}, [0.01, 0.1]),
                      ({"baseline": "supervised", "backbone": "vit_micro"}, [1.0]),
                      ({"checkpoint": tmp_path / "runs" / "simclr-seed0"}, [1.0])]
+
+
+def test_the_machine_line_names_the_vector_instructions_and_bf16(monkeypatch):
+    # two machines with the same CPU model name differ 2x here by these; the records must say which
+    from selfsup.engine import loop
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(loop, "native_bf16", lambda: False)
+    assert "(AVX2, no native bf16)" in bench_mod.machine()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)
+    assert "(AVX512, native bf16)" in bench_mod.machine()

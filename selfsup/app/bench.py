@@ -77,8 +77,12 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    # the vector instructions torch dispatches to, and native bf16: machines with the same model name
+    # here differ 2x in speed by these (an AVX2-only EPYC trains convolutions in fp32)
+    from ..engine.loop import native_bf16
+    isa = torch.backends.cpu.get_cpu_capability() + (", native bf16" if native_bf16() else ", no native bf16")
     dev = f", CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{dev}"
+    return f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{dev}"
 
 
 def record_section(path: Path, name: str, title: str, body: str, command: str) -> None:
