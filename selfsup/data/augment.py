@@ -317,7 +317,7 @@ def _make_view(images, cfg: ViewConfig, mean, std, generator=None) -> torch.Tens
 # Floats per _make_view call when make_views builds its views: each view is a chain of passes over
 # its batch, which ran fastest while the batch stayed about L2-sized. Batches of 0.4-0.5 M floats
 # (512 grey 28x28 images, 128 RGB 32x32) gave the most views/s, both larger and smaller fewer
-# (BENCHMARKS.md, "Views in cache-sized batches"); larger runs are split, equal recipes merged.
+# (BENCHMARKS.md, "Views in cache-sized calls"); larger runs are split, equal recipes merged.
 CHUNK = 1 << 19
 
 
@@ -343,9 +343,8 @@ def make_views(images: torch.Tensor, cfgs: Sequence[ViewConfig], mean: Sequence[
             calls = -(-total // max(1, CHUNK // per_image))           # ceil
             step = -(-total // calls)                                  # equal calls, the last one shorter
             xs = x if k == 1 else x.repeat(k, 1, 1, 1)
-            y = _make_view(xs, cfg, mean, std, generator) if calls == 1 else \
-                torch.cat([_make_view(xs[s:s + step], cfg, mean, std, generator) for s in range(0, total, step)])
-            out += list(y.chunk(k)) if k > 1 else [y]
+            parts = [_make_view(xs[s:s + step], cfg, mean, std, generator) for s in range(0, total, step)]
+            out += (parts[0] if calls == 1 else torch.cat(parts)).chunk(k)
             i += k
         return out
 
