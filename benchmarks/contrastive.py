@@ -72,14 +72,18 @@ def table(rows: list[dict], att: list[dict], budget, seeds: int, note: str = "")
     if att:
         lines += [f"\n**DINO attention on shapes** (`dino --backbone {budget.vit}`, {len(att)} seed(s); "
                   "last block's CLS attention, mean over heads and the first 1000 test images)\n",
-                  "| subject | attention mass inside the object | best head | object's share of the image | lift (mass / share) | kNN | linear |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| subject | attention mass inside the object | best head | head chosen on training images: its mass | "
+                  "object's share of the image | lift (mass / share) | chosen head's lift | kNN | linear |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for key, label in (("trained", f"DINO-trained {budget.vit}"), ("random", f"random-init {budget.vit}")):
             reps = [a["attention"][key] for a in att]
             knn = ms([a["knn"] for a in att]) if key == "trained" else "—"
             lin = ms([a["linear"] for a in att]) if key == "trained" else "—"
-            lines.append(f"| {label} | {ms([r['in_mask'] for r in reps])} | {ms([r['best_head'] for r in reps])} | "
-                         f"{ms([r['area_share'] for r in reps])} | {ms([r['lift'] for r in reps])} | {knn} | {lin} |")
+            chosen = [r for r in reps if "chosen_head" in r]
+            ch = ms([r["chosen_head_in_mask"] for r in chosen]) if len(chosen) == len(reps) else "—"
+            chl = ms([r["chosen_head_lift"] for r in chosen]) if len(chosen) == len(reps) else "—"
+            lines.append(f"| {label} | {ms([r['in_mask'] for r in reps])} | {ms([r['best_head'] for r in reps])} | {ch} | "
+                         f"{ms([r['area_share'] for r in reps])} | {ms([r['lift'] for r in reps])} | {chl} | {knn} | {lin} |")
     return (f"Budget `{budget.name}`: {budget.minutes:g} wall-clock minutes of training per method, dataset and seed on "
             f"this 2-core machine, backbone `{budget.backbone}`, each method's own defaults (`selfsup/methods/*.py`); "
             f"{seeds} seed(s), mean ± sample std. Probes (kNN k=200 T=0.1, linear) on the official test split "

@@ -223,7 +223,7 @@ def row_dino_attention(plan: Plan, data, out: Path) -> dict:
     ok = _finite(res.last_loss) and all(_finite(x) for x in (t["in_mask"], r["in_mask"], t["area_share"]))
     return {"ok": ok, "images_per_s": res.images_per_s, "loss": res.last_loss, "steps": res.steps,
             "attention": {"trained": t["in_mask"], "random": r["in_mask"], "area_share": t["area_share"],
-                          "lift": t["lift"], "best_head": t["best_head"]},
+                          "lift": t["lift"], "best_head": t["best_head"], "chosen_head_lift": t.get("chosen_head_lift")},
             "detail": f"{plan.vit}, {res.steps} steps; attention inside the object {t['in_mask']:.3f} "
                       f"(best head {t['best_head']:.3f}) against its area share {t['area_share']:.3f} "
                       f"(lift {t['lift']:.2f}); random-init {plan.vit} {r['in_mask']:.3f}; "

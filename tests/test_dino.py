@@ -304,3 +304,13 @@ def test_saved_backbone_is_the_teacher_unless_asked(tmp_path, which):
     for got in (saved, from_ckpt):
         assert all(torch.equal(v, want[k]) for k, v in got.items())
         assert not all(torch.equal(v, other[k]) for k, v in got.items())
+
+
+def test_the_chosen_head_is_picked_on_other_images_and_scored_on_these():
+    # head 1 leads on the choosing images, head 0 on the scored ones: the chosen head is 1, scored where it stands
+    scored = {"per_head": [0.6, 0.3], "area_share": 0.2, "in_mask": 0.45, "best_head": 0.6}
+    choice = {"per_head": [0.1, 0.5], "area_share": 0.25, "in_mask": 0.3, "best_head": 0.5}
+    from selfsup.eval.attention import with_head_chosen
+    r = with_head_chosen(scored, choice)
+    assert r["chosen_head"] == 1 and r["chosen_head_in_mask"] == pytest.approx(0.3)
+    assert r["chosen_head_lift"] == pytest.approx(1.5) and r["best_head"] == 0.6   # best_head: still the scored max

@@ -419,14 +419,57 @@ def label_efficiency(table: list[dict]) -> str:
             f"({ref['ft_1pct']:.4f}), by {gap:+.4f}.")
 
 
+MARGIN = 0.01   # "learns": each probe at least this far above both baselines (issue 17's one point)
+
+
+def beats_baselines(table: list[dict], margin: float = MARGIN) -> dict:
+    """For each self-supervised line: per probe (kNN, linear), its mean minus the better of the
+    random-init network of its own backbone (its best stage) and the raw pixels, and whether that
+    is at least ``margin``. ``{(subject, backbone): {"knn": (gap, ok), "linear": (gap, ok)}}``;
+    a probe missing on either side is left out."""
+    out = {}
+    for t in table:
+        if t["subject"] in BASELINES:
+            continue
+        refs = [r for r in table if (r["subject"] == "random" and r["backbone"] == t["backbone"]) or r["subject"] == "pixels"]
+        got = {}
+        for c in ("knn", "linear"):
+            vals = [r[c] for r in refs if c in r]
+            if c in t and len(vals) == 2:
+                gap = t[c] - max(vals)
+                got[c] = (gap, gap >= margin - 1e-12)
+        out[(t["subject"], t["backbone"])] = got
+    return out
+
+
+def learns(beats: dict) -> str:
+    """The plain answer: which methods beat both baselines by the margin on both probes."""
+    if not beats:
+        return "Learns: no self-supervised method was measured."
+    yes = [s for (s, _), g in beats.items() if len(g) == 2 and all(ok for _, ok in g.values())]
+    no = [s for (s, _), g in beats.items() if s not in yes]
+    return (f"Learns (kNN and linear each at least {100 * MARGIN:g} point above both the random-init network of its "
+            f"own backbone, its best stage, and the raw pixels): {len(yes)} of {len(beats)} methods"
+            + (f" ({', '.join(yes)})" if yes else "") + (f"; not: {', '.join(no)}" if no else "") + ".")
+
+
+def _beats_cell(got: dict) -> str:
+    parts = [f"{'yes' if got[c][1] else 'no'} ({100 * got[c][0]:+.1f})" if c in got else "—" for c in ("knn", "linear")]
+    return " / ".join(parts)
+
+
 def markdown(summary: dict) -> str:
     b = summary["budget"]
-    head = ("| subject | backbone | kNN | linear | linear 1% | fine-tune 1% | fine-tune 10% | fine-tune 100% | status |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---|")
+    head = ("| subject | backbone | kNN | linear | linear 1% | fine-tune 1% | fine-tune 10% | fine-tune 100% "
+            f"| beats random-init and pixels by ≥ {100 * MARGIN:g} pt? kNN / linear (points over the better) | status |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---|---|")
     lines = [head]
+    beats = beats_baselines(summary["table"])
     for t in summary["table"]:
         status = t["status"] + (f": {'; '.join(t['errors'])}" if t["errors"] else "")
-        lines.append(f"| {t['subject']} | {t['backbone'] or '—'} | " + " | ".join(_cell(t, c) for c in COLUMNS) + f" | {status} |")
+        verdict = _beats_cell(beats[(t["subject"], t["backbone"])]) if (t["subject"], t["backbone"]) in beats else "—"
+        lines.append(f"| {t['subject']} | {t['backbone'] or '—'} | " + " | ".join(_cell(t, c) for c in COLUMNS)
+                     + f" | {verdict} | {status} |")
     notes = sorted({n for r in summary["rows"] for n in r.get("notes", [])})
     short = sorted({f"{t['subject']} {c}: {t[c + '_short']}" for t in summary["table"] for c in COLUMNS
                     if t.get(f"{c}_short")})
@@ -445,7 +488,8 @@ def markdown(summary: dict) -> str:
             + (f"(each candidate training {b['ft_search_share']:g} of the run's steps; extended once past a winning edge); "
                if b.get("ft_search_share", 1.0) != 1.0 else "(extended once past a winning edge); ")
             + f"{summary['seeds']} seed(s), mean ± sample std. kNN and linear on the stage chosen on validation from the "
-            "probe's own labels." + sub + full + "\n\n" + "\n".join(lines) + "\n\n" + label_efficiency(summary["table"])
+            "probe's own labels." + sub + full + "\n\n" + "\n".join(lines) + "\n\n" + learns(beats) + "\n\n"
+            + label_efficiency(summary["table"])
             + ("\n\nNotes: " + "; ".join(notes) + "." if notes else "") + _timing(summary))
 
 

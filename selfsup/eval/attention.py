@@ -73,10 +73,24 @@ def attention_report(backbone: nn.Module, images: torch.Tensor, masks: torch.Ten
     return attention_in_mask(torch.cat(maps), masks)
 
 
+def with_head_chosen(report: dict, choice: dict) -> dict:
+    """``report`` (on test images) plus the head that ``choice`` (the same network on other images,
+    e.g. training images) ranks first: ``chosen_head`` (its index), ``chosen_head_in_mask`` (its
+    share on ``report``'s images) and ``chosen_head_lift`` (that over the area share). Unlike
+    ``best_head``, which is the maximum over the scored images themselves, this head is picked
+    without looking at them."""
+    head = max(range(len(choice["per_head"])), key=lambda i: choice["per_head"][i])
+    share = report["per_head"][head]
+    return {**report, "chosen_head": head, "chosen_head_in_mask": share,
+            "chosen_head_lift": share / max(report["area_share"], 1e-12)}
+
+
 def attention_vs_random(run_dir: str | Path, data: str | None = None, n: int = 500, seed: int = 0) -> dict:
     """The attention-in-mask report of a run folder's ViT and of a randomly initialised ViT of the
     same architecture (seeded), on the first ``n`` test images of ``data`` (default: the run's
-    own data; it must know object masks, e.g. ``shapes``).
+    own data; it must know object masks, e.g. ``shapes``). Each report also names the head that
+    ranks first on the last ``n`` training images and that head's share on the test images
+    (``with_head_chosen``).
 
     Returns ``{"trained": report, "random": report, "data": spec, "n": n}`` (``attention_in_mask``
     reports)."""
@@ -90,9 +104,18 @@ def attention_vs_random(run_dir: str | Path, data: str | None = None, n: int = 5
     if split.masks is None:
         raise SelfSupError(f"--data {data}: has no object masks (use shapes)")
     images, masks = split.images[:n], split.masks[:n]
+    # the head is chosen on training images: the last n, or all but the test ones when train is also the test split
+    pool = splits.train
+    start = max(n, len(pool.images) - n) if split is pool else max(0, len(pool.images) - n)
+    choice_images, choice_masks = pool.images[start:], (pool.masks[start:] if pool.masks is not None else None)
     meta = enc.meta
     torch.manual_seed(seed)
     rand = models.create_backbone(meta["backbone"], in_chans=meta["in_chans"], img_size=meta["img_size"])
     rand = models.Encoder(rand, meta["mean"], meta["std"], input_space=meta.get("input_space", "rgb")).eval()
-    return {"trained": attention_report(enc, images, masks), "random": attention_report(rand, images, masks),
-            "data": data, "n": len(images)}
+    out = {}
+    for key, net in (("trained", enc), ("random", rand)):
+        rep = attention_report(net, images, masks)
+        if choice_masks is not None and len(choice_images):
+            rep = with_head_chosen(rep, attention_report(net, choice_images, choice_masks))
+        out[key] = rep
+    return {**out, "data": data, "n": len(images), "head_chosen_on": len(choice_images)}
