@@ -216,7 +216,8 @@ def row_dino_attention(plan: Plan, data, out: Path) -> dict:
     from selfsup.eval.attention import attention_vs_random
 
     run = out / "dino"
-    res = selfsup.train("dino", data=data, out=run, overwrite=True, backbone=plan.vit,
+    # 64 prototypes: chosen for ViT attention on shapes on the validation split (BENCHMARKS.md, tune-dino-shapes)
+    res = selfsup.train("dino", data=data, out=run, overwrite=True, backbone=plan.vit, out_dim=64,
                         **plan.train_kwargs(plan.dino_seconds))
     rep = attention_vs_random(run, data=plan.data, n=plan.attention_images)
     t, r = rep["trained"], rep["random"]
