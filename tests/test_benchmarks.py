@@ -145,11 +145,14 @@ def test_smoke_mode(script, smoke_runs):
     table = rows(section)
     for label in labels:
         # every figure in the row is a finite, non-negative number
-        cells = [c for c in row(table, label) if re.fullmatch(r"[-\d.,]+(x)?( ± [\d.]+)?", c)]
+        # (a cell may hold two figures, "kNN / linear")
+        figure = r"[-\d.,]+(x)?( ± [\d.]+)?"
+        cells = [c for c in row(table, label) if re.fullmatch(rf"{figure}( / {figure})?", c)]
         assert cells, f"{script}: row '{label}' has no figures: {row(table, label)}"
         for c in cells:
-            x = float(c.split(" ± ")[0].rstrip("x").replace(",", ""))
-            assert math.isfinite(x) and x >= 0, (label, c)
+            for part in c.split(" / "):
+                x = float(part.split(" ± ")[0].rstrip("x").replace(",", ""))
+                assert math.isfinite(x) and x >= 0, (label, c)
     for f in files:
         assert (out / f).is_file(), f"{script}: {f} not written under --out ({sorted(p.name for p in out.rglob('*'))})"
 

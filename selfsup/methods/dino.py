@@ -48,7 +48,8 @@ from .base import DataInfo, Method, Picture, denormalize
 
 @dataclass
 class Config:
-    out_dim: int = 2048                 # K prototypes (65536 on ImageNet; 2048-4096 at small scale: lightly, solo-learn)
+    out_dim: int = 2048                 # K prototypes (65536 on ImageNet; 2048-4096 at small scale: lightly, solo-learn;
+                                        # 64 for a small ViT whose attention should find objects: BENCHMARKS.md)
     hidden_dim: int = 512               # head MLP width (2048 in the paper)
     bottleneck_dim: int = 128           # L2-normalised bottleneck before the prototypes (256 in the paper)
     head_layers: int = 3                # Linear layers before the bottleneck output, GELU between
