@@ -68,7 +68,8 @@ class Config:
     local_crop_min: float = 0.05        # local crops take area (local_crop_min, global minimum)
     local_size: int = 0                 # local crop side; 0: half the image, rounded to a multiple of 4 (ViT patch)
     flip_p: float = 0.5
-    jitter_p: float = 0.8               # ColorJitter(0.4, 0.4, 0.2, 0.1) with this probability (BYOL / DINO)
+    jitter_p: float = 0.8               # ColorJitter with this probability (BYOL / DINO)
+    color_strength: float = 0.5         # s: ColorJitter(0.8s, 0.8s, 0.4s, 0.2s); 0.5 is the paper's (0.4, 0.4, 0.2, 0.1)
     gray_p: float = 0.2
     blur_p: float = 0.0                 # the paper blurs (1.0 / 0.1 / 0.5); off at small sizes (notes 11.2)
     solarize_p: float = 0.2             # on the second global crop only
@@ -81,7 +82,8 @@ class Config:
         "freeze_last_layer": "[0, 1]", "student_temp": "> 0", "teacher_temp": "> 0", "warmup_teacher_temp": "> 0",
         "teacher_temp_warmup": "[0, 1]", "teacher_momentum": "[0, 1]", "center_momentum": "[0, 1)",
         "n_global": ">= 1", "n_local": ">= 0", "global_crop_min": "[0, 1]", "local_crop_min": "(0, 1]",
-        "local_size": ">= 0", "flip_p": "[0, 1]", "jitter_p": "[0, 1]", "gray_p": "[0, 1]", "blur_p": "[0, 1]",
+        "local_size": ">= 0", "flip_p": "[0, 1]", "jitter_p": "[0, 1]", "color_strength": ">= 0", "gray_p": "[0, 1]",
+        "blur_p": "[0, 1]",
         "solarize_p": "[0, 1]", "collapse_tol": ">= 0", "collapse_after": "[0, 1]",
         "eval_backbone": ("teacher", "student"),
     }
@@ -173,8 +175,9 @@ class DINO(Method):
 
         size = data.image_size
         gmin = cfg.global_crop_min or (0.4 if cfg.n_local else 0.2)
-        common = dict(flip_p=cfg.flip_p, jitter_p=cfg.jitter_p, brightness=0.4, contrast=0.4, saturation=0.2,
-                      hue=0.1, gray_p=cfg.gray_p, blur_p=cfg.blur_p)
+        c = cfg.color_strength
+        common = dict(flip_p=cfg.flip_p, jitter_p=cfg.jitter_p, brightness=0.8 * c, contrast=0.8 * c, saturation=0.4 * c,
+                      hue=0.2 * c, gray_p=cfg.gray_p, blur_p=cfg.blur_p)
         g1 = ViewConfig(size=size, scale=(gmin, 1.0), **common)
         g2 = ViewConfig(size=size, scale=(gmin, 1.0), solarize_p=cfg.solarize_p, **common)
         local = ViewConfig(size=cfg.local_size or max(4, 4 * round(size / 8)), scale=(cfg.local_crop_min, gmin),
