@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 import selfsup  # noqa: E402
 from pretext import DATASETS, ms, results_dir, run_baseline, smoke  # noqa: E402
-from record import record  # noqa: E402
+from record import cached, record  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.app.train import load_method  # noqa: E402
 
@@ -40,16 +40,6 @@ FRACTIONS = (1.0, 0.1)
 # shapes with colours drawn independently of the class: in ``colors=class`` every arm reads the class off
 # its colour and sits at the ceiling, so the fine-tuning claim cannot show there
 MAE_DATASETS = {**DATASETS, "shapes-free": "shapes:colors=free"}
-
-
-def _cached(path: Path, make):
-    if path.exists():
-        return json.loads(path.read_text())
-    row = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1))
-    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (dict, list))}), flush=True)
-    return row
 
 
 def pretrain(ds: str, data, seed: int, budget, out: Path) -> dict:
@@ -67,7 +57,7 @@ def pretrain(ds: str, data, seed: int, budget, out: Path) -> dict:
                 "epochs": round(res.steps * res.config.batch_size / len(data.train), 2),
                 "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"], "recon": err,
                 "knn": ev["knn"]["accuracy"], "linear": ev["linear"]["accuracy"], "layer": ev["knn"]["layer"]}
-    return _cached(results_dir(budget) / f"mae-{budget.vit}-{ds}-seed{seed}.json", make)
+    return cached(results_dir(budget) / f"mae-{budget.vit}-{ds}-seed{seed}.json", make)
 
 
 def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, out: Path, lrs, minutes: float) -> dict:
@@ -78,7 +68,7 @@ def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, ou
         return {"arm": arm, "data": ds, "seed": seed, "fraction": fraction, "accuracy": res["accuracy"], "lr": res["lr"],
                 "lr_search": res["lr_search"], "epochs": res["epochs"], "minutes": minutes}
     tag = "" if minutes == 1.0 else f"-{minutes:g}min"   # runs of other lengths are other units
-    return _cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}{tag}.json", make)
+    return cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}{tag}.json", make)
 
 
 def table(pre: list, base: list, ft: list, budget, args) -> str:

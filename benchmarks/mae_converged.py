@@ -31,16 +31,6 @@ import record as rec  # noqa: E402
 MARGIN = 0.01   # issue 17's "by more than a point" reading of "beats"
 
 
-def cached(path: Path, make) -> dict:
-    if path.exists():
-        return json.loads(path.read_text())
-    row = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1))
-    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (dict, list))}), flush=True)
-    return row
-
-
 def pretrain(seed: int, args, runs: Path) -> dict:
     run_dir = runs / f"mae-seed{seed}"
     t0 = time.time()
@@ -122,14 +112,14 @@ def main() -> None:
     def probe_pixels() -> dict:
         ev = selfsup.evaluate(["knn", "linear"], data=args.data, baseline="pixels", seed=0)
         return {"arm": "pixels", "knn": ev["knn"]["accuracy"], "linear": ev["linear"]["accuracy"]}
-    pixels = cached(results / "pixels.json", probe_pixels)
+    pixels = rec.cached(results / "pixels.json", probe_pixels)
     pre, ft = [], {"mae": [], "scratch": []}
     for seed in range(args.seeds):
-        p = cached(results / f"{key}-pretrain-seed{seed}.json", lambda: pretrain(seed, args, out / "runs"))
+        p = rec.cached(results / f"{key}-pretrain-seed{seed}.json", lambda: pretrain(seed, args, out / "runs"))
         pre.append(p)
         for arm in ("mae", "scratch"):
             lr = ft[arm][0]["lr"] if seed else None
-            ft[arm].append(cached(results / f"{key}-{arm}-seed{seed}.json",
+            ft[arm].append(rec.cached(results / f"{key}-{arm}-seed{seed}.json",
                                   lambda: finetune(arm, seed, args, p["run"], lr)))
     body = table(pre, ft, pixels, args)
     print(body)

@@ -7,6 +7,7 @@ tests/test_benchmarks.py), writing everything, its BENCHMARKS.md included, into 
 (:func:`smoke_dir`) and never into the repository."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -21,6 +22,18 @@ BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 # default 128 per epoch, also with a fifth or two classes held out (clip.py); 10% of it is enough labels to
 # fine-tune on (mae.py); small enough that every probe takes a fraction of a second
 SMOKE_DATA = "shapes:n=200,n_test=64,size=16"
+
+
+def cached(path: Path, make) -> dict:
+    """The row saved at ``path``, or ``make()``'s, saved there first (units finished by an interrupted
+    benchmark are not run again); prints the new row's scalar fields."""
+    if path.exists():
+        return json.loads(path.read_text())
+    row = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=1))
+    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (dict, list))}), flush=True)
+    return row
 
 
 def command_line() -> str:
