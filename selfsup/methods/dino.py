@@ -83,8 +83,7 @@ class Config:
         "teacher_temp_warmup": "[0, 1]", "teacher_momentum": "[0, 1]", "center_momentum": "[0, 1)",
         "n_global": ">= 1", "n_local": ">= 0", "global_crop_min": "[0, 1]", "local_crop_min": "(0, 1]",
         "local_size": ">= 0", "flip_p": "[0, 1]", "jitter_p": "[0, 1]", "color_strength": ">= 0", "gray_p": "[0, 1]",
-        "blur_p": "[0, 1]",
-        "solarize_p": "[0, 1]", "collapse_tol": ">= 0", "collapse_after": "[0, 1]",
+        "blur_p": "[0, 1]", "solarize_p": "[0, 1]", "collapse_tol": ">= 0", "collapse_after": "[0, 1]",
         "eval_backbone": ("teacher", "student"),
     }
 
