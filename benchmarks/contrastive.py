@@ -27,7 +27,8 @@ sys.path.insert(0, str(HERE))
 
 import selfsup  # noqa: E402
 from pretext import DATASETS, ms, results_dir, run_baseline, run_one, smoke, verdict  # noqa: E402
-from record import record  # noqa: E402
+from record import cached, record  # noqa: E402
+from selfsup.app.bench import unit_key  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.eval.attention import attention_vs_random  # noqa: E402
 
@@ -36,17 +37,15 @@ METHODS = ["simclr", "moco", "mocov3", "dino"]
 
 def run_attention(data, seed: int, budget, out: Path) -> dict:
     """DINO on shapes with the budget's ViT, then attention-in-mask of it and of a random-init ViT."""
-    path = results_dir(budget) / f"dino-{budget.vit}-attention-shapes-seed{seed}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    row = run_one("dino", "shapes", data, seed, budget, out, backbone=budget.vit, tag=f"-{budget.vit}")
-    rep = attention_vs_random(out / f"dino-{budget.vit}-shapes-seed{seed}", data=DATASETS["shapes"], n=1000, seed=seed)
-    row = {**row, "attention": rep}
-    path.write_text(json.dumps(row, indent=1))
-    t, r = rep["trained"], rep["random"]
-    print(json.dumps({"seed": seed, "in_mask": t["in_mask"], "random_in_mask": r["in_mask"], "area": t["area_share"]}),
-          flush=True)
-    return row
+    def make() -> dict:
+        row = run_one("dino", "shapes", data, seed, budget, out, backbone=budget.vit, tag=f"-{budget.vit}")
+        rep = attention_vs_random(out / f"dino-{budget.vit}-shapes-seed{seed}", data=DATASETS["shapes"], n=1000, seed=seed)
+        t, r = rep["trained"], rep["random"]
+        print(json.dumps({"seed": seed, "in_mask": t["in_mask"], "random_in_mask": r["in_mask"], "area": t["area_share"]}),
+              flush=True)
+        return {**row, "attention": rep}
+    return cached(results_dir(budget) / f"dino-{budget.vit}-attention-shapes-seed{seed}.json", make,
+                  key=unit_key("dino", budget.vit, data, seed, budget) | {"attention_images": 1000})
 
 
 def table(rows: list[dict], att: list[dict], budget, seeds: int, note: str = "") -> str:

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import selfsup  # noqa: E402
 from pretext import DATASETS, ms, results_dir, run_baseline, smoke  # noqa: E402
 from record import cached, record  # noqa: E402
+from selfsup.app.bench import unit_key  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.app.train import load_method  # noqa: E402
 
@@ -57,7 +58,8 @@ def pretrain(ds: str, data, seed: int, budget, out: Path) -> dict:
                 "epochs": round(res.steps * res.config.batch_size / len(data.train), 2),
                 "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"], "recon": err,
                 "knn": ev["knn"]["accuracy"], "linear": ev["linear"]["accuracy"], "layer": ev["knn"]["layer"]}
-    return cached(results_dir(budget) / f"mae-{budget.vit}-{ds}-seed{seed}.json", make)
+    return cached(results_dir(budget) / f"mae-{budget.vit}-{ds}-seed{seed}.json", make,
+                  key=unit_key("mae", budget.vit, data, seed, budget))
 
 
 def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, out: Path, lrs, minutes: float) -> dict:
@@ -68,7 +70,12 @@ def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, ou
         return {"arm": arm, "data": ds, "seed": seed, "fraction": fraction, "accuracy": res["accuracy"], "lr": res["lr"],
                 "lr_search": res["lr_search"], "epochs": res["epochs"], "minutes": minutes}
     tag = "" if minutes == 1.0 else f"-{minutes:g}min"   # runs of other lengths are other units
-    return cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}{tag}.json", make)
+    # the key holds the pretraining's (for the MAE arm) and this run's settings; fine-tuning's own defaults are not in it
+    key = {"pretrain": unit_key("mae", budget.vit, data, seed, budget) if arm == "mae" else None, "arm": arm,
+           "backbone": budget.vit, "fingerprint": data.fingerprint, "seed": seed, "fraction": fraction,
+           "lrs": list(lrs) if lrs else lrs, "minutes": minutes}
+    return cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}{tag}.json", make,
+                  key=key)
 
 
 def table(pre: list, base: list, ft: list, budget, args) -> str:

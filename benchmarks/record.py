@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from selfsup.app.bench import record_section
+from selfsup.app.bench import config_hash, record_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -24,12 +24,25 @@ BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 SMOKE_DATA = "shapes:n=200,n_test=64,size=16"
 
 
-def cached(path: Path, make) -> dict:
+def cached(path: Path, make, key: dict | None = None) -> dict:
     """The row saved at ``path``, or ``make()``'s, saved there first (units finished by an interrupted
-    benchmark are not run again); prints the new row's scalar fields."""
+    benchmark are not run again); prints the new row's scalar fields.
+
+    ``key``: everything that decides the row (the resolved training config, the budget, the data's
+    fingerprint, the seed). Its hash is saved in the row as ``config_hash``, and a saved row is reused
+    only when its hash matches, so a row made under older defaults is made again, not reported as
+    today's (the same rule as ``selfsup bench``'s units, less its clean-commit condition: these rows
+    are committed and read back by later commits)."""
+    h = config_hash(key) if key is not None else None
     if path.exists():
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        if h is None or row.get("config_hash") == h:
+            return row
+        print(f"{path.name}: saved under other settings (config hash {row.get('config_hash')}, now {h}); "
+              "running it again", flush=True)
     row = make()
+    if h is not None:
+        row["config_hash"] = h
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1))
     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (dict, list))}), flush=True)

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar (bars go to stderr, and only when it is a terminal)")
 
     e = sub.add_parser("eval", help="evaluate a backbone or a baseline with a probe")
-    e.add_argument("protocol", choices=["knn", "linear", "finetune", "zeroshot", "retrieval"])
+    e.add_argument("protocol", nargs="+", choices=["knn", "linear", "finetune", "zeroshot", "retrieval"],
+                   help="one protocol, or knn and linear together (one feature pass for both)")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="run folder (or its backbone.safetensors)")
     src.add_argument("--baseline", choices=["random", "pixels", "supervised"],
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--on", choices=["test", "val"], default="test",
                    help="score on the test split, or on a held-out part of train (for choosing settings)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    e.add_argument("--out", default=None, help="result JSON (default: RUN_DIR/eval/PROTOCOL.json)")
+    e.add_argument("--out", default=None, help="result JSON, or a folder for knn and linear together "
+                                               "(default: RUN_DIR/eval/PROTOCOL.json)")
     e.add_argument("--lrs", default=None, help="finetune: comma-separated learning rates, chosen on a held-out sixth "
                                                "of the labelled images and extended once past an edge "
                                                "(default: 3e-4,1e-3,3e-3,1e-2)")
@@ -246,6 +248,14 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .app.evaluate import evaluate
 
+    protocols = list(dict.fromkeys(args.protocol))   # in the order given, once each
+    if len(protocols) > 1:
+        if not set(protocols) <= {"knn", "linear"}:
+            raise SelfSupError(f"eval {' '.join(protocols)}: only knn and linear run together; "
+                               "give the others one at a time")
+        if args.out is not None and str(args.out).endswith(".json"):
+            raise SelfSupError(f"--out {args.out}: names one JSON file; give a folder for knn and linear together")
+    args.protocol = protocols[0]
     if args.protocol == "finetune":
         return _finetune(args)
     if args.protocol in ("zeroshot", "retrieval"):
@@ -261,16 +271,18 @@ def _eval(args) -> int:
         if given:
             raise SelfSupError(f"{opt} applies to eval finetune only")
 
-    res = evaluate([args.protocol], checkpoint=args.checkpoint, data=args.data, baseline=args.baseline,
-                   backbone=args.backbone, label_fraction=args.label_fraction, seed=args.seed, k=args.k,
-                   temperature=args.temperature, layer=args.layer, pool=args.pool, device=args.device,
-                   data_dir=args.data_dir, out=args.out, on=args.on,
-                   progress=False if args.no_progress else None)[args.protocol]
-    who = res.get("checkpoint") or f"{res['baseline']} baseline"
-    print(f"{args.protocol} accuracy {res['accuracy']:.4f} ({who}, {res['data']}, "
-          f"{res['n_train']} train / {res['n_test']} test, label fraction {res['label_fraction']:g})")
-    if "written_to" in res:
-        print(f"written to {res['written_to']}")
+    results = evaluate(protocols, checkpoint=args.checkpoint, data=args.data, baseline=args.baseline,
+                       backbone=args.backbone, label_fraction=args.label_fraction, seed=args.seed, k=args.k,
+                       temperature=args.temperature, layer=args.layer, pool=args.pool, device=args.device,
+                       data_dir=args.data_dir, out=args.out, on=args.on,
+                       progress=False if args.no_progress else None)
+    for protocol in protocols:
+        res = results[protocol]
+        who = res.get("checkpoint") or f"{res['baseline']} baseline"
+        print(f"{protocol} accuracy {res['accuracy']:.4f} ({who}, {res['data']}, "
+              f"{res['n_train']} train / {res['n_test']} test, label fraction {res['label_fraction']:g})")
+        if "written_to" in res:
+            print(f"written to {res['written_to']}")
     return 0
 
 

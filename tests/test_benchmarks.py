@@ -173,9 +173,9 @@ def test_smoke_mode(script, smoke_runs):
     assert "steps\": 0," not in proc.stdout, proc.stdout
 
 
-def _tune_module():
+def _module(name: str):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("tune_for_tests", BENCH / "tune.py")
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py") + "_for_tests", BENCH / name)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(BENCH))   # the script imports record.py from its own folder
     try:
@@ -187,7 +187,7 @@ def _tune_module():
 
 def test_tune_names_its_files_by_the_whole_data_spec():
     # shapes:colors=free is another dataset than shapes: its trials and baselines must not share a file
-    slug = _tune_module().file_slug
+    slug = _module("tune.py").file_slug
     assert slug("fashion-mnist") == "fashion-mnist" and slug("shapes") == "shapes"
     assert len({slug("shapes"), slug("shapes:colors=free"), slug("shapes:colors=class")}) == 3
     assert "/" not in slug("folder:/data/x") and ":" not in slug("shapes:colors=free")
@@ -195,9 +195,24 @@ def test_tune_names_its_files_by_the_whole_data_spec():
 
 def test_tune_attention_of_a_random_vit_is_seeded_and_a_share():
     import selfsup
-    tune = _tune_module()
+    tune = _module("tune.py")
     data = selfsup.load_dataset("shapes:n=120,n_test=0,size=16")
     a, b = (tune.val_attention(None, data, 0, "vit_micro") for _ in range(2))
     assert a == b, (a, b)                                       # seeded: the random-init baseline is reproducible
     assert 0 < a["val_in_mask"] <= a["val_best_head"] <= 1 and 0 < a["val_area_share"] < 1
     assert a["val_lift"] == pytest.approx(a["val_in_mask"] / a["val_area_share"], abs=2e-3)
+
+
+def test_cached_rows_are_reused_only_under_the_settings_that_made_them(tmp_path):
+    # a unit saved under older defaults is made again, not reported as today's
+    record = _module("record.py")
+    made = []
+
+    def make(value):
+        return lambda: made.append(value) or {"value": value}
+    path = tmp_path / "unit.json"
+    assert record.cached(path, make(1), key={"lr": 0.1})["value"] == 1
+    assert record.cached(path, make(2), key={"lr": 0.1})["value"] == 1      # same settings: reused
+    assert record.cached(path, make(3), key={"lr": 0.2})["value"] == 3      # other settings: made again
+    assert record.cached(path, make(4))["value"] == 3                       # no key: whatever is saved
+    assert made == [1, 3]

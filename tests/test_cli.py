@@ -35,6 +35,18 @@ def test_train_eval_on_shapes_end_to_end(tmp_path, capsys):
     assert code == 0 and abs(json.loads((tmp_path / "pix.json").read_text())["n_train"] - 32) <= 5  # per-class rounding
 
 
+def test_eval_knn_and_linear_together_write_one_file_each(tmp_path, capsys):
+    data = ["--data", "shapes:n=64,n_test=32,size=16", "--seed", "1"]
+    code, stdout, err = run(capsys, "eval", "knn", "linear", "--baseline", "pixels", *data, "--out", str(tmp_path / "both"))
+    assert code == 0, err
+    assert stdout.index("knn accuracy") < stdout.index("linear accuracy")
+    for protocol in ("knn", "linear"):   # the same figures as one protocol at a time
+        both = json.loads((tmp_path / "both" / f"{protocol}.json").read_text())
+        assert run(capsys, "eval", protocol, "--baseline", "pixels", *data, "--out", str(tmp_path / f"{protocol}.json"))[0] == 0
+        alone = json.loads((tmp_path / f"{protocol}.json").read_text())
+        assert both["accuracy"] == alone["accuracy"] and both["n_test"] == 32
+
+
 @pytest.mark.slow
 def test_resume_and_overwrite_flags(tmp_path, capsys):
     args = ["train", "simclr", "--data", "shapes:n=32,n_test=8,size=16", "--epochs", "1", "--batch-size", "16",
@@ -63,6 +75,9 @@ def test_resume_and_overwrite_flags(tmp_path, capsys):
     (["eval", "knn", "--baseline", "pixels", "--data", "shapes:n=32,n_test=8", "--label-fraction", "1.5"], "label-fraction"),
     (["eval", "knn", "--baseline", "pixels", "--data", "shapes:n=32,n_test=8", "--label-fraction", "0"], "label-fraction"),
     (["eval", "knn", "--baseline", "random", "--data", "shapes:n=32,n_test=8", "--layer", "2,2"], "two or more different stages"),
+    (["eval", "knn", "finetune", "--baseline", "pixels", "--data", "shapes:n=32,n_test=8"], "only knn and linear run together"),
+    (["eval", "knn", "linear", "--baseline", "pixels", "--data", "shapes:n=32,n_test=8", "--out", "r.json"],
+     "--out r.json: names one JSON file"),
 ])
 def test_bad_input_is_one_line_error(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
