@@ -195,17 +195,18 @@ def test_the_table_says_which_methods_beat_both_baselines_by_a_point():
     line = lambda s, b, knn=None, lin=None: {"subject": s, "backbone": b, "seeds": 1, "status": "ok", "errors": []} | (
         {"knn": knn} if knn is not None else {}) | ({"linear": lin} if lin is not None else {})
     table = [line("simclr", "resnet18_quarter", 0.85, 0.90), line("rotation", "resnet18_quarter", 0.84, 0.885),
-             line("mae", "vit_micro", 0.83, 0.86),
+             line("mae", "vit_micro", 0.83, 0.86), line("clip", "resnet18_quarter") | {"status": "skipped"},
              line("random", "resnet18_quarter", 0.80, 0.88), line("random", "vit_micro", 0.70, 0.75),
              line("pixels", "", 0.82, 0.84), line("supervised", "resnet18_quarter")]
     got = bench_mod.beats_baselines(table)
-    assert set(got) == {("simclr", "resnet18_quarter"), ("rotation", "resnet18_quarter"), ("mae", "vit_micro")}
+    assert set(got) == {("simclr", "resnet18_quarter"), ("rotation", "resnet18_quarter"), ("mae", "vit_micro"),
+                        ("clip", "resnet18_quarter")}
     (g, ok), (g2, ok2) = got[("simclr", "resnet18_quarter")]["knn"], got[("simclr", "resnet18_quarter")]["linear"]
     assert ok and ok2 and abs(g - 0.03) < 1e-9 and abs(g2 - 0.02) < 1e-9        # over pixels (kNN), random (linear)
     assert got[("rotation", "resnet18_quarter")]["knn"][1] and not got[("rotation", "resnet18_quarter")]["linear"][1]
     assert got[("mae", "vit_micro")]["linear"][1]              # against its own ViT's random-init, not the conv net's
     text = bench_mod.learns(got)
-    assert "2 of 3 methods (simclr, mae); not: rotation" in text
+    assert "2 of 3 methods (simclr, mae); not: rotation. Not measured: clip." in text   # skipped: not a "not"
     summary = {"data": "d", "budget": dataclasses.asdict(bench_mod.get_budget("smoke")), "seeds": 1, "rows": [],
                "table": table, "unit_minutes": 1.0, "units": 7, "load": [None, None]}
     md = bench_mod.markdown(summary)

@@ -444,13 +444,16 @@ def beats_baselines(table: list[dict], margin: float = MARGIN) -> dict:
 
 def learns(beats: dict) -> str:
     """The plain answer: which methods beat both baselines by the margin on both probes."""
-    if not beats:
-        return "Learns: no self-supervised method was measured."
-    yes = [s for (s, _), g in beats.items() if len(g) == 2 and all(ok for _, ok in g.values())]
-    no = [s for (s, _), g in beats.items() if s not in yes]
+    skipped = [s for (s, _), g in beats.items() if not g]   # no probe ran (skipped, failed): not counted as "not"
+    measured = {k: g for k, g in beats.items() if g}
+    tail = f" Not measured: {', '.join(skipped)}." if skipped else ""
+    if not measured:
+        return "Learns: no self-supervised method was measured." + tail
+    yes = [s for (s, _), g in measured.items() if len(g) == 2 and all(ok for _, ok in g.values())]
+    no = [s for (s, _), g in measured.items() if s not in yes]
     return (f"Learns (kNN and linear each at least {100 * MARGIN:g} point above both the random-init network of its "
-            f"own backbone, its best stage, and the raw pixels): {len(yes)} of {len(beats)} methods"
-            + (f" ({', '.join(yes)})" if yes else "") + (f"; not: {', '.join(no)}" if no else "") + ".")
+            f"own backbone, its best stage, and the raw pixels): {len(yes)} of {len(measured)} methods"
+            + (f" ({', '.join(yes)})" if yes else "") + (f"; not: {', '.join(no)}" if no else "") + "." + tail)
 
 
 def _beats_cell(got: dict) -> str:
