@@ -1,14 +1,15 @@
 """Choosing a method's defaults on the validation part of a dataset's train split (any method).
 
 Each trial pretrains for a fixed wall-clock budget with some settings over the method's current
-defaults, then scores kNN (T=0.1, k chosen on a held-out part of the bank, as ``eval knn`` does)
-and the linear probe with a held-out stratified 1/6 of the train split as queries (``eval --on
-val``), on the stage chosen by ``--layer auto`` inside the other 5/6: the test split is never looked at. The random-init backbone and raw pixels get the same probes
-on the same split. Rows accumulate in benchmarks/results/tune-METHOD-DATA.json and the table is
-rewritten into BENCHMARKS.md (section tune-METHOD-DATA). With ``--attention`` (a ViT on a dataset
-with object masks, e.g. ``shapes``) each trial also records the share of the last block's CLS
-attention inside the object on the same held-out sixth, against the object's share of the image
-(``selfsup.eval.attention``): DINO's attention target is chosen there, never on test.
+defaults, then scores kNN (T=0.1, k chosen on a held-out part of the bank, as ``eval knn`` does) and
+the linear probe with a held-out stratified 1/6 of the train split as queries (``eval --on val``),
+on the stage chosen by ``--layer auto`` inside the other 5/6: the test split is never looked at. The
+random-init backbone and raw pixels get the same probes on the same split. Rows accumulate in
+benchmarks/results/tune-METHOD-DATA.json and the table is rewritten into BENCHMARKS.md (section
+tune-METHOD-DATA). With ``--attention`` (a ViT on a dataset with object masks, e.g. ``shapes``) each
+trial also records the share of the last block's CLS attention inside the object on the same
+held-out sixth, against the object's share of the image (``selfsup.eval.attention``): DINO's
+attention target is chosen there, never on test.
 
     python benchmarks/tune.py jigsaw --data fashion-mnist --minutes 3 --trial "" --trial "lr=0.001"
     python benchmarks/tune.py dino --data shapes --backbone vit_micro --minutes 10 --attention --trial ""
@@ -109,14 +110,13 @@ def main():
     shared = json.loads(shared_path.read_text()) if shared_path.exists() else {}
     for kind in ("pixels", f"random:{backbone}"):
         # a baseline without "knn_k" was probed with the old fixed k=200: probe it again
-        stale = "knn_k" not in state["baselines"].get(kind, {"knn_k": None})
-        if kind not in state["baselines"] or stale:
+        if "knn_k" not in state["baselines"].get(kind, {}):   # absent, or stale
             if "knn_k" not in shared.get(kind, {}):   # the same probes on the same split for every method: computed once
                 kw = {"baseline": "pixels"} if kind == "pixels" else {"baseline": "random", "backbone": backbone, "layer": "auto"}
                 shared[kind] = probe(data=data, seed=args.seed, **kw)
                 shared_path.parent.mkdir(exist_ok=True)
                 shared_path.write_text(json.dumps(shared, indent=1) + "\n")
-            if stale:   # kept beside the new figures, since older rows were compared with it
+            if kind in state["baselines"]:   # stale: kept beside the new figures, since older rows were compared with it
                 state.setdefault("old_baselines", {})[kind] = state["baselines"][kind]
             state["baselines"][kind] = dict(shared[kind])
         elif not (args.attention and kind != "pixels" and "val_lift" not in state["baselines"][kind]):
