@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,11 +32,12 @@ import torch  # noqa: E402
 import selfsup  # noqa: E402
 import pretext  # noqa: E402
 from pretext import ms, results_dir  # noqa: E402
-from record import record  # noqa: E402
+from record import cached, record  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.data.datasets import DatasetSplits, ImageSet  # noqa: E402
 from selfsup.data.shapes import CLASSES, COLORS  # noqa: E402
-from selfsup.app.train import load_method  # noqa: E402
+from selfsup.app.train import load_method, resolve_config  # noqa: E402
+from selfsup.config import to_dict  # noqa: E402
 from selfsup.app.zeroshot import caption_matches, recall_at, zeroshot_predict  # noqa: E402
 from selfsup.models.text import text_model_path  # noqa: E402
 
@@ -59,49 +59,56 @@ def parse_shapes_caption(caption: str) -> tuple[int, int]:
     return obj, colour
 
 
+def run_key(seed: int, budget, data, settings: dict, part: str) -> dict:
+    """Everything that decides a unit's row: the resolved CLIP config (defaults, the budget, the
+    settings, the seed), the data's fingerprint and which part of the benchmark it is."""
+    cfg, mcfg = resolve_config("clip", {"backbone": budget.backbone, "time_limit": budget.minutes,
+                                        "epochs": budget.max_epochs, "seed": seed, **settings})
+    return {"part": part, "config": {**to_dict(cfg), "method_config": to_dict(mcfg)}, "data": data.name,
+            "fingerprint": data.fingerprint, "unseen": list(UNSEEN), "phrasings": PHRASINGS}
+
+
 def shapes_composition(seed: int, budget, out: Path) -> dict:
     path = results_dir(budget) / f"clip-shapes-composition-seed{seed}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     data = selfsup.load_dataset(COMPOSITION_DATA)
-    combos = [(o, c) for o in range(len(CLASSES)) for c in range(len(COLORS))]
-    g = torch.Generator().manual_seed(1000 + seed)
-    held = {combos[i] for i in torch.randperm(len(combos), generator=g)[: len(combos) // 5].tolist()}
-    tr_pairs = [parse_shapes_caption(c) for c in data.train.captions]
-    keep = torch.tensor([p not in held for p in tr_pairs]).nonzero().flatten()
-    train = data.train.subset(keep)
-    te_pairs = [parse_shapes_caption(c) for c in data.test.captions]
-    novel = torch.tensor([p in held for p in te_pairs]).nonzero().flatten()
-    run = out / f"clip-shapes-composition-seed{seed}"
-    t0 = time.time()
-    res = selfsup.train("clip", data=DatasetSplits(f"{COMPOSITION_DATA} (held-out combinations removed)", train, data.test),
-                        out=run, overwrite=True, progress=False, backbone=budget.backbone, time_limit=budget.minutes,
-                        epochs=budget.max_epochs, seed=seed)
-    method = load_method(run)
-    images = data.test.images[novel]
-    objs = torch.tensor([te_pairs[i][0] for i in novel.tolist()])
-    cols = torch.tensor([te_pairs[i][1] for i in novel.tolist()])
-    colour_names = list(COLORS)
-    p_obj = zeroshot_predict(method, images, CLASSES, ["a {}", "a photo of a {}."])
-    p_col = zeroshot_predict(method, images, colour_names, ["a {} object", "a {} shape"])
-    both = [f"{c} {o}" for o in CLASSES for c in colour_names]
-    p_both = zeroshot_predict(method, images, both, ["a {}", "a photo of a {}."])
-    truth_both = objs * len(colour_names) + cols
-    img = method.embed_images(data.test.images)
-    txt = method.embed_texts(list(data.test.captions))
-    same = caption_matches(data.test.captions)
-    ev = selfsup.evaluate(["knn", "linear"], checkpoint=run, data=data, seed=seed)
-    row = {"seed": seed, "steps": res.steps, "train_min": round((time.time() - t0) / 60, 2), "held_out": sorted(held),
-           "n_train": len(train), "n_novel_test": len(novel),
-           "object": float((p_obj == objs).float().mean()), "colour": float((p_col == cols).float().mean()),
-           "both": float((p_both == truth_both).float().mean()),
-           "chance": {"object": 1 / len(CLASSES), "colour": 1 / len(colour_names), "both": 1 / len(both)},
-           "i2t": recall_at(img @ txt.T, same), "t2i": recall_at(txt @ img.T, same),
-           "knn": ev["knn"]["accuracy"], "linear": ev["linear"]["accuracy"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1))
-    print(json.dumps({k: v for k, v in row.items() if k in ("seed", "object", "colour", "both")}), flush=True)
-    return row
+
+    def make() -> dict:
+        combos = [(o, c) for o in range(len(CLASSES)) for c in range(len(COLORS))]
+        g = torch.Generator().manual_seed(1000 + seed)
+        held = {combos[i] for i in torch.randperm(len(combos), generator=g)[: len(combos) // 5].tolist()}
+        tr_pairs = [parse_shapes_caption(c) for c in data.train.captions]
+        keep = torch.tensor([p not in held for p in tr_pairs]).nonzero().flatten()
+        train = data.train.subset(keep)
+        te_pairs = [parse_shapes_caption(c) for c in data.test.captions]
+        novel = torch.tensor([p in held for p in te_pairs]).nonzero().flatten()
+        run = out / f"clip-shapes-composition-seed{seed}"
+        t0 = time.time()
+        res = selfsup.train("clip", data=DatasetSplits(f"{COMPOSITION_DATA} (held-out combinations removed)", train, data.test),
+                            out=run, overwrite=True, progress=False, backbone=budget.backbone, time_limit=budget.minutes,
+                            epochs=budget.max_epochs, seed=seed)
+        method = load_method(run)
+        images = data.test.images[novel]
+        objs = torch.tensor([te_pairs[i][0] for i in novel.tolist()])
+        cols = torch.tensor([te_pairs[i][1] for i in novel.tolist()])
+        colour_names = list(COLORS)
+        p_obj = zeroshot_predict(method, images, CLASSES, ["a {}", "a photo of a {}."])
+        p_col = zeroshot_predict(method, images, colour_names, ["a {} object", "a {} shape"])
+        both = [f"{c} {o}" for o in CLASSES for c in colour_names]
+        p_both = zeroshot_predict(method, images, both, ["a {}", "a photo of a {}."])
+        truth_both = objs * len(colour_names) + cols
+        img = method.embed_images(data.test.images)
+        txt = method.embed_texts(list(data.test.captions))
+        same = caption_matches(data.test.captions)
+        ev = selfsup.evaluate(["knn", "linear"], checkpoint=run, data=data, seed=seed)
+        row = {"seed": seed, "steps": res.steps, "train_min": round((time.time() - t0) / 60, 2), "held_out": sorted(held),
+               "n_train": len(train), "n_novel_test": len(novel),
+               "object": float((p_obj == objs).float().mean()), "colour": float((p_col == cols).float().mean()),
+               "both": float((p_both == truth_both).float().mean()),
+               "chance": {"object": 1 / len(CLASSES), "colour": 1 / len(colour_names), "both": 1 / len(both)},
+               "i2t": recall_at(img @ txt.T, same), "t2i": recall_at(txt @ img.T, same),
+               "knn": ev["knn"]["accuracy"], "linear": ev["linear"]["accuracy"]}
+        return row
+    return cached(path, make, key=run_key(seed, budget, data, {}, "shapes-composition"))
 
 
 def unseen_among_themselves(method, data, names) -> float:
@@ -117,35 +124,28 @@ def unseen_among_themselves(method, data, names) -> float:
 def fashion_unseen(seed: int, budget, out: Path, tower: str) -> dict:
     settings, label, stem = TEXT_TOWERS[tower]
     path = results_dir(budget) / f"{stem}-seed{seed}.json"
-    run = out / f"{stem}-seed{seed}"
-    if path.exists():
-        row = json.loads(path.read_text())
-        if "unseen_2way" not in row:   # added after the first runs: evaluated from the kept run folder, not retrained
-            data = selfsup.load_dataset(UNSEEN_DATA)
-            row["unseen_2way"] = unseen_among_themselves(load_method(run), data, [c.lower() for c in data.train.classes])
-            path.write_text(json.dumps(row, indent=1))
-        return row
     data = selfsup.load_dataset(UNSEEN_DATA)
-    names = [c.lower() for c in data.train.classes]
-    g = torch.Generator().manual_seed(2000 + seed)
-    keep = torch.tensor([int(y) not in UNSEEN for y in data.train.labels]).nonzero().flatten()
-    phr = torch.randint(0, len(PHRASINGS), (len(keep),), generator=g).tolist()
-    caps = [PHRASINGS[p].format(names[int(data.train.labels[i])]) for p, i in zip(phr, keep.tolist())]
-    train = ImageSet(data.train.images[keep], data.train.labels[keep], classes=data.train.classes, captions=caps)
-    res = selfsup.train("clip", data=train, out=run, overwrite=True, progress=False, backbone=budget.backbone,
-                        time_limit=budget.minutes, epochs=budget.max_epochs, seed=seed, **settings)
-    method = load_method(run)
-    pred = zeroshot_predict(method, data.test.images, names, PHRASINGS[:3])
-    y = data.test.labels
-    unseen = torch.isin(y, torch.tensor(UNSEEN))
-    row = {"seed": seed, "steps": res.steps, "text_tower": label, "overall": float((pred == y).float().mean()),
-           "seen": float((pred[~unseen] == y[~unseen]).float().mean()), "unseen": float((pred[unseen] == y[unseen]).float().mean()),
-           "unseen_2way": unseen_among_themselves(method, data, names), "unseen_classes": [names[i] for i in UNSEEN],
-           "chance": 0.1}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1))
-    print(json.dumps(row), flush=True)
-    return row
+
+    def make() -> dict:
+        run = out / f"{stem}-seed{seed}"
+        names = [c.lower() for c in data.train.classes]
+        g = torch.Generator().manual_seed(2000 + seed)
+        keep = torch.tensor([int(y) not in UNSEEN for y in data.train.labels]).nonzero().flatten()
+        phr = torch.randint(0, len(PHRASINGS), (len(keep),), generator=g).tolist()
+        caps = [PHRASINGS[p].format(names[int(data.train.labels[i])]) for p, i in zip(phr, keep.tolist())]
+        train = ImageSet(data.train.images[keep], data.train.labels[keep], classes=data.train.classes, captions=caps)
+        res = selfsup.train("clip", data=train, out=run, overwrite=True, progress=False, backbone=budget.backbone,
+                            time_limit=budget.minutes, epochs=budget.max_epochs, seed=seed, **settings)
+        method = load_method(run)
+        pred = zeroshot_predict(method, data.test.images, names, PHRASINGS[:3])
+        y = data.test.labels
+        unseen = torch.isin(y, torch.tensor(UNSEEN))
+        return {"seed": seed, "steps": res.steps, "text_tower": label, "overall": float((pred == y).float().mean()),
+                "seen": float((pred[~unseen] == y[~unseen]).float().mean()),
+                "unseen": float((pred[unseen] == y[unseen]).float().mean()),
+                "unseen_2way": unseen_among_themselves(method, data, names), "unseen_classes": [names[i] for i in UNSEEN],
+                "chance": 0.1}
+    return cached(path, make, key=run_key(seed, budget, data, settings, f"fashion-unseen-{tower}"))
 
 
 def main():

@@ -40,28 +40,39 @@ TARGET = 2.0          # issue 17: at least twice the object's share of the image
 SETTINGS = "out_dim=64"   # chosen on validation (tune-dino-shapes): the mean-over-heads lift 1.25 -> 1.48 -> 1.65
 
 
+def seed_key(seed: int, args) -> dict:
+    """Everything that decides one seed's row: the resolved training config (defaults, this script's
+    settings, the seed), the data's fingerprint and the number of scored images."""
+    from selfsup.app.train import resolve_config
+    from selfsup.config import to_dict
+    cfg, mcfg = resolve_config("dino", {"backbone": args.backbone, "epochs": args.epochs, "seed": seed,
+                                        **parse_settings(args.settings)})
+    data = selfsup.load_dataset(args.data)
+    return {"config": {**to_dict(cfg), "method_config": to_dict(mcfg)}, "data": data.name,
+            "fingerprint": data.fingerprint, "n": args.n}
+
+
 def run_seed(seed: int, args, results: Path, runs: Path) -> dict:
+    """One seed's row, reused from ``results`` only when it was made under the same settings (record.cached)."""
     slug = "".join(c if c.isalnum() else "-" for c in args.settings)
     path = results / f"{args.backbone}-{args.epochs:g}ep-{slug}-seed{seed}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    run_dir = runs / f"dino-{args.backbone}-seed{seed}"
-    t0 = time.time()
-    res = selfsup.train("dino", data=args.data, out=run_dir, overwrite=True, progress=False, backbone=args.backbone,
-                        epochs=args.epochs, seed=seed, **parse_settings(args.settings))
-    train_min = (time.time() - t0) / 60
-    rep = attention_vs_random(run_dir, data=args.data, n=args.n, seed=seed)
-    row = {"seed": seed, "backbone": args.backbone, "settings": args.settings, "epochs": args.epochs,
-           "steps": res.steps, "train_min": round(train_min, 2), "images_per_s": round(res.images_per_s),
-           "attention": rep}
-    if seed == 0:
-        row["picture"] = picture(run_dir, args, rep, path.with_suffix(".png"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1))
-    t = rep["trained"]
-    print(json.dumps({"seed": seed, "train_min": row["train_min"], "lift": round(t["lift"], 3),
-                      "chosen_head_lift": round(t["chosen_head_lift"], 3)}), flush=True)
-    return row
+
+    def make() -> dict:
+        run_dir = runs / f"dino-{args.backbone}-seed{seed}"
+        t0 = time.time()
+        res = selfsup.train("dino", data=args.data, out=run_dir, overwrite=True, progress=False, backbone=args.backbone,
+                            epochs=args.epochs, seed=seed, **parse_settings(args.settings))
+        train_min = (time.time() - t0) / 60
+        rep = attention_vs_random(run_dir, data=args.data, n=args.n, seed=seed)
+        row = {"seed": seed, "backbone": args.backbone, "settings": args.settings, "epochs": args.epochs,
+               "steps": res.steps, "train_min": round(train_min, 2), "images_per_s": round(res.images_per_s),
+               "attention": rep}
+        if seed == 0:
+            row["picture"] = picture(run_dir, args, rep, path.with_suffix(".png"))
+        t = rep["trained"]
+        row["lift"], row["chosen_head_lift"] = round(t["lift"], 3), round(t["chosen_head_lift"], 3)
+        return row
+    return rec.cached(path, make, key=seed_key(seed, args))
 
 
 def picture(run_dir: Path, args, rep: dict, path: Path) -> str:
