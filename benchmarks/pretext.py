@@ -129,7 +129,8 @@ jigsaw and 3.4 of inpainting in 3 minutes; kNN k chosen on the bank) tried longe
 from 0.856 / 0.890 to 0.864 / 0.891 and inpainting's from 0.855 / 0.893 to 0.862 / 0.883, still in \
 stage 1 and short of the bars (pixels' kNN 0.867 and the random-init linear 0.885, each plus a \
 point); jigsaw crop_min=0.3 (0.861 / 0.891) and inpainting hole_fraction=0.5 (0.854 / 0.880) fell \
-short too. \
+short too, as did, in a third session, jigsaw gap=4 (0.863 / 0.887), lr=0.004 (0.866 / 0.889) and \
+lr=0.008 (0.862 / 0.892), and inpainting overlap=0 (the loss on the hidden pixels only: 0.858 / 0.880). \
 Colorization's backbone sees \
 only the Lab lightness, while the baselines see colour, which in `shapes:colors=class` gives the class away: its \
 linear verdict is expected to be no, and it was not tuned. The same colour cue puts raw pixels' linear probe on shapes \

@@ -314,3 +314,19 @@ def test_the_chosen_head_is_picked_on_other_images_and_scored_on_these():
     r = with_head_chosen(scored, choice)
     assert r["chosen_head"] == 1 and r["chosen_head_in_mask"] == pytest.approx(0.3)
     assert r["chosen_head_lift"] == pytest.approx(1.5) and r["best_head"] == 0.6   # best_head: still the scored max
+
+
+def test_learning_rate_default_follows_the_backbone_family_and_yields_to_the_user():
+    from selfsup.app.train import resolve_config, run_configs
+    from selfsup.config import to_dict
+    conv, _ = resolve_config("dino", {})
+    vit, vcfg = resolve_config("dino", {"backbone": "vit_micro"})
+    assert (conv.backbone, conv.lr) == ("resnet18_quarter", 4e-3)     # chosen on validation (tune-dino-fashion-mnist)
+    assert vit.lr == 1e-3                                             # the ViTs' attention recipe
+    assert resolve_config("dino", {"backbone": "vit_micro", "lr": 2e-3})[0].lr == 2e-3   # the user's setting wins
+    assert resolve_config("dino", {"lr": 1e-3})[0].lr == 1e-3
+    # a saved run is rebuilt with the rate it trained at, whatever the defaults
+    saved = {**to_dict(vit), "lr": 5e-4, "method_config": to_dict(vcfg)}
+    assert run_configs(saved)[0].lr == 5e-4
+    # other methods have no family defaults: the same rate on either family
+    assert resolve_config("simclr", {"backbone": "vit_micro"})[0].lr == resolve_config("simclr", {})[0].lr

@@ -139,6 +139,20 @@ def test_every_method_setting_is_documented(name):
         assert f"| `{f.name}` |" in body, f"docs/methods.md, {name}: no row for the setting {f.name}"
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_training_defaults_line_matches_the_code(name):
+    body = (DOCS / "methods.md").read_text().split(f"\n### {name}\n", 1)[1].split("\n### ", 1)[0]
+    cls = METHODS[name]
+    line = next((ln for ln in body.splitlines() if ln.startswith("Training defaults: ")), None)
+    assert line is not None, f"docs/methods.md, {name}: no 'Training defaults:' line"
+    listed = ", ".join(f"{k}={v}" for k, v in cls.train_defaults.items())
+    assert line.startswith(f"Training defaults: `{listed}`"), f"docs/methods.md, {name}: {line!r} is not `{listed}`"
+    for fam, over in cls.family_defaults.items():
+        label = {"vit": "a ViT backbone", "conv": "a conv backbone"}[fam]
+        want = f"with {label}: `{', '.join(f'{k}={v}' for k, v in over.items())}`"
+        assert want in line, f"docs/methods.md, {name}: the line does not say {want!r}"
+
+
 def test_links_between_pages_resolve():
     for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", path.read_text()):

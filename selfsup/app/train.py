@@ -44,9 +44,13 @@ def resolve_config(method: str, overrides: dict | None = None) -> tuple[TrainCon
     cls = get_method(method)
     train_over, method_over = split_overrides(dict(overrides or {}), TrainConfig, cls.Config)
     cfg = apply_overrides(TrainConfig(method=method), cls.train_defaults, "train")
+    # the method's defaults for the backbone's family (training or method settings), under the user's
+    per_family = cls.family_defaults.get(models.family(str(train_over.get("backbone", cfg.backbone))), {})
+    family_train, family_method = split_overrides(dict(per_family), TrainConfig, cls.Config)
+    cfg = apply_overrides(cfg, family_train, "train")
     cfg = apply_overrides(cfg, train_over, "train")
     validate(cfg)
-    method_cfg = apply_overrides(cls.Config(), method_over, method)
+    method_cfg = apply_overrides(cls.Config(), {**family_method, **method_over}, method)
     check_ranges(method_cfg)
     return cfg, method_cfg
 

@@ -48,6 +48,9 @@ class Method(nn.Module):
     uses_labels: ClassVar[bool] = False
     uses_captions: ClassVar[bool] = False
     train_defaults: ClassVar[dict] = {}
+    # defaults that differ by the backbone's family ("conv" | "vit", models.family): training or method
+    # settings, over train_defaults and Config's defaults, under the user's settings
+    family_defaults: ClassVar[dict] = {}
     input_space: ClassVar[str] = "rgb"
     prepare_samples: ClassVar[int] = 0   # how many training images ``prepare`` wants (0: it is not called)
     progress: float = 0.0

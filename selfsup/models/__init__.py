@@ -38,6 +38,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 DEFAULT_BACKBONE = "resnet18_quarter"
 
 
+def family(name: str) -> str:
+    """"vit" for the registry's ViTs (``vit_*``), "conv" for the rest: methods may keep training
+    defaults per family (``Method.family_defaults``)."""
+    return "vit" if name.startswith("vit") else "conv"
+
+
 def create_backbone(name: str, in_chans: int = 3, img_size: int = 32, **kw) -> nn.Module:
     """Build a registered backbone for ``in_chans``-channel images of side ``img_size``."""
     if name not in BACKBONES:
