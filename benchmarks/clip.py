@@ -36,8 +36,7 @@ from record import cached, record  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.data.datasets import DatasetSplits, ImageSet  # noqa: E402
 from selfsup.data.shapes import CLASSES, COLORS  # noqa: E402
-from selfsup.app.train import load_method, resolve_config  # noqa: E402
-from selfsup.config import to_dict  # noqa: E402
+from selfsup.app.train import load_method, resolved_config  # noqa: E402
 from selfsup.app.zeroshot import caption_matches, recall_at, zeroshot_predict  # noqa: E402
 from selfsup.models.text import text_model_path  # noqa: E402
 
@@ -62,10 +61,9 @@ def parse_shapes_caption(caption: str) -> tuple[int, int]:
 def run_key(seed: int, budget, data, settings: dict, part: str) -> dict:
     """Everything that decides a unit's row: the resolved CLIP config (defaults, the budget, the
     settings, the seed), the data's fingerprint and which part of the benchmark it is."""
-    cfg, mcfg = resolve_config("clip", {"backbone": budget.backbone, "time_limit": budget.minutes,
-                                        "epochs": budget.max_epochs, "seed": seed, **settings})
-    key = {"part": part, "config": {**to_dict(cfg), "method_config": to_dict(mcfg)}, "data": data.name,
-           "fingerprint": data.fingerprint}
+    config = resolved_config("clip", {"backbone": budget.backbone, "time_limit": budget.minutes,
+                                      "epochs": budget.max_epochs, "seed": seed, **settings})
+    key = {"part": part, "config": config, "data": data.name, "fingerprint": data.fingerprint}
     if part.startswith("fashion-unseen"):   # the classes left out and the captions' phrasings decide those rows too
         key.update(unseen=list(UNSEEN), phrasings=PHRASINGS)
     return key

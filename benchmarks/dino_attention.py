@@ -17,7 +17,7 @@ Results are kept per seed in benchmarks/results/dino-attention/ and not recomput
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import statistics
 import sys
@@ -43,13 +43,17 @@ SETTINGS = "out_dim=64"   # chosen on validation (tune-dino-shapes): the mean-ov
 def seed_key(seed: int, args) -> dict:
     """Everything that decides one seed's row: the resolved training config (defaults, this script's
     settings, the seed), the data's fingerprint and the number of scored images."""
-    from selfsup.app.train import resolve_config
-    from selfsup.config import to_dict
-    cfg, mcfg = resolve_config("dino", {"backbone": args.backbone, "epochs": args.epochs, "seed": seed,
-                                        **parse_settings(args.settings)})
-    data = selfsup.load_dataset(args.data)
-    return {"config": {**to_dict(cfg), "method_config": to_dict(mcfg)}, "data": data.name,
-            "fingerprint": data.fingerprint, "n": args.n}
+    from selfsup.app.train import resolved_config
+    config = resolved_config("dino", {"backbone": args.backbone, "epochs": args.epochs, "seed": seed,
+                                      **parse_settings(args.settings)})
+    data = dataset(args.data)
+    return {"config": config, "data": data.name, "fingerprint": data.fingerprint, "n": args.n}
+
+
+@functools.lru_cache(maxsize=2)
+def dataset(spec: str):
+    """The dataset ``spec`` names, loaded once for every seed's key."""
+    return selfsup.load_dataset(spec)
 
 
 def run_seed(seed: int, args, results: Path, runs: Path) -> dict:

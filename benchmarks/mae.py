@@ -36,8 +36,7 @@ from record import cached, record  # noqa: E402
 from selfsup.app.bench import unit_key  # noqa: E402
 from selfsup.app.budgets import get_budget  # noqa: E402
 from selfsup.app.finetune import FT_LRS  # noqa: E402
-from selfsup.app.train import load_method, resolve_config  # noqa: E402
-from selfsup.config import to_dict  # noqa: E402
+from selfsup.app.train import load_method, resolved_config  # noqa: E402
 
 FRACTIONS = (1.0, 0.1)
 # shapes with colours drawn independently of the class: in ``colors=class`` every arm reads the class off
@@ -74,10 +73,10 @@ def finetune_arm(arm: str, ds: str, data, seed: int, fraction: float, budget, ou
     tag = "" if minutes == 1.0 else f"-{minutes:g}min"   # runs of other lengths are other units
     # the key holds the pretraining's (for the MAE arm), this run's settings and fine-tuning's own defaults (the
     # training recipe it resolves and the lr grid): a row made under other defaults is made again
-    ft_cfg, _ = resolve_config("supervised", {"backbone": budget.vit, "seed": seed, "time_limit": minutes, "epochs": 1000})
+    ft_config = resolved_config("supervised", {"backbone": budget.vit, "seed": seed, "time_limit": minutes, "epochs": 1000})
     key = {"pretrain": unit_key("mae", budget.vit, data, seed, budget) if arm == "mae" else None, "arm": arm,
            "backbone": budget.vit, "fingerprint": data.fingerprint, "seed": seed, "fraction": fraction,
-           "lrs": [float(x) for x in (lrs or FT_LRS)], "minutes": minutes, "finetune_config": to_dict(ft_cfg)}
+           "lrs": [float(x) for x in (lrs or FT_LRS)], "minutes": minutes, "finetune_config": ft_config}
     return cached(results_dir(budget) / f"finetune-{arm}-{budget.vit}-{ds}-{fraction:g}-seed{seed}{tag}.json", make,
                   key=key)
 

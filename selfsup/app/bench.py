@@ -261,11 +261,9 @@ def unit_key(subject: str, backbone: str, data: DatasetSplits, seed: int, budget
     key = {"subject": subject, "backbone": backbone, "data": data.name, "fingerprint": data.fingerprint, "seed": seed,
            "budget": dataclasses.asdict(budget), "probe_fractions": PROBE_FRACTIONS, "ft_fractions": FT_FRACTIONS}
     if subject not in ("pixels", "random"):
-        from ..config import to_dict
-        from .train import resolve_config
+        from .train import resolved_config
         name = "supervised" if subject == "supervised" else subject
-        cfg, mcfg = resolve_config(name, {"backbone": backbone, "seed": seed})
-        key["config"] = {**to_dict(cfg), "method_config": to_dict(mcfg)}
+        key["config"] = resolved_config(name, {"backbone": backbone, "seed": seed})
     return key
 
 

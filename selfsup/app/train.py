@@ -55,6 +55,13 @@ def resolve_config(method: str, overrides: dict | None = None) -> tuple[TrainCon
     return cfg, method_cfg
 
 
+def resolved_config(method: str, overrides: dict | None = None) -> dict:
+    """Every setting a run of ``method`` with ``overrides`` would train with, as its config.json holds
+    them (training settings and ``method_config``): the part of a cache key that the code's defaults decide."""
+    cfg, method_cfg = resolve_config(method, overrides)
+    return {**to_dict(cfg), "method_config": to_dict(method_cfg)}
+
+
 def run_configs(saved: dict, overrides: dict | None = None) -> tuple[TrainConfig, object]:
     """TrainConfig and method Config of a run from its saved config (config.json, or the checkpoint's),
     with ``overrides`` on top: the one way a run is rebuilt (resume, load_method, report)."""
