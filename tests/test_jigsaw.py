@@ -151,6 +151,34 @@ def test_one_training_step(channels, size, backbone):
     assert all(p.grad is not None for p in m.classifier.parameters())
 
 
+@pytest.mark.parametrize("channels, size, backbone", [(1, 28, "resnet18_quarter"), (3, 32, "vit_micro")])
+def test_one_training_step_on_the_board(channels, size, backbone):
+    m = make(channels, size, backbone, board=True)
+    loss, _ = m({"images": tiny_images(4, channels, size)})
+    assert torch.isfinite(loss) and abs(float(loss.detach()) - math.log(100)) < 2
+    loss.backward()
+    assert next(m.backbone.parameters()).grad.abs().sum() > 0
+    assert all(p.grad is not None for p in [*m.tile_head.parameters(), *m.classifier.parameters()])
+
+
+def test_board_lays_the_shuffled_tiles_out_as_one_image_and_reads_each_cell():
+    m = make(board=True).eval()
+    seen = []
+    features = m.backbone.forward_features
+    m.backbone.forward_features = lambda x: seen.append(x) or features(x)
+    tiles = torch.randn(2, 9, 1, 12, 12)
+    with torch.no_grad():
+        logits = m.classify(tiles)
+    assert logits.shape == (2, 100) and len(seen) == 1   # one backbone pass for the whole batch
+    board = seen[0]
+    assert board.shape == (2, 1, 36, 36)
+    for i in range(9):
+        r, c = divmod(i, 3)
+        assert torch.equal(board[:, :, 12 * r:12 * r + 12, 12 * c:12 * c + 12], tiles[:, i])
+    with torch.no_grad():   # the head reads cells in position order: a shuffled board gives other logits
+        assert not torch.allclose(m.classify(permute_tiles(tiles, permutation_set(3, 100, 0)[[1, 2]])), logits)
+
+
 def test_permutation_set_is_saved_and_restored_with_the_checkpoint():
     m = make(num_permutations=20)
     state = m.state_dict()

@@ -10,6 +10,14 @@ contrast to match); colour images get random grayscale and a per-channel spatial
 chromatic aberration. The tiles are shuffled by one of a fixed set of permutations, far apart in
 Hamming distance and stored with the checkpoint; the backbone embeds every tile (shared weights),
 the embeddings are concatenated in position order and an MLP predicts the permutation's index.
+
+With ``board=True`` the backbone sees the shuffled tiles laid out as one image instead (G x t
+pixels a side, no gaps between them; Kim, Cho, Yoo, Kweon, "Learning Image Representations by
+Completing Damaged Jigsaw Puzzles", WACV 2018, also feed the whole shuffled image), and the same
+per-cell head reads each grid cell of its last feature map. A 12 px tile passes through a
+ResNet's stride-2 stages down to a 2 x 2 map, so its deep stages learn on inputs far smaller than
+the images they later embed; a 36 px board is about the evaluated images' scale, at the same cost
+in pixels as the nine tiles.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from torch import nn
 
 from ..data.augment import grayscale, normalize, resized_crop, sample_crop_boxes, to_float
 from ..errors import SelfSupError
+from ..models import feature_map
 from ..models.heads import mlp
 from .base import DataInfo, Method, Picture, denormalize
 
@@ -45,6 +54,7 @@ class Config:
     gray_p: float = 0.3             # colour images: grayscale with this probability (the paper 30%)
     tile_dim: int = 128             # per-tile Linear-BN-ReLU width (the paper's fc6: 512)
     hidden_dim: int = 512           # hidden width of the MLP on the concatenated tiles (the paper's fc7: 4096)
+    board: bool = False             # the backbone sees the shuffled tiles as one image (module docstring)
 
     ranges = {   # each setting's valid values, checked before any work (selfsup.config.check_ranges)
         "grid": (2, 3), "num_permutations": ">= 2", "permutation_seed": ">= 0", "tile_size": ">= 1", "gap": ">= 0",
@@ -176,7 +186,13 @@ class Jigsaw(Method):
     def classify(self, tiles: torch.Tensor) -> torch.Tensor:
         """Shuffled tiles (B, N, C, t, t) -> permutation logits (B, P)."""
         B, N = tiles.shape[:2]
-        h = self.tile_head(self.backbone(tiles.flatten(0, 1)))   # all B*N tiles in one pass: (B*N, tile_dim)
+        if self.cfg.board:   # one image per sample; each cell's share of the last feature map
+            G, C, t = self.cfg.grid, tiles.shape[2], tiles.shape[-1]
+            board = tiles.view(B, G, G, C, t, t).permute(0, 3, 1, 4, 2, 5).reshape(B, C, G * t, G * t)
+            cells = F.adaptive_avg_pool2d(feature_map(self.backbone, board), G)      # (B, D, G, G)
+            h = self.tile_head(cells.flatten(2).transpose(1, 2).reshape(B * N, -1))
+        else:
+            h = self.tile_head(self.backbone(tiles.flatten(0, 1)))   # all B*N tiles in one pass: (B*N, tile_dim)
         return self.classifier(h.view(B, N * h.shape[1]))       # concatenated in position order
 
     def forward(self, batch: dict):
