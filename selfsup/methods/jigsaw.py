@@ -11,10 +11,9 @@ chromatic aberration. The tiles are shuffled by one of a fixed set of permutatio
 Hamming distance and stored with the checkpoint; the backbone embeds every tile (shared weights),
 the embeddings are concatenated in position order and an MLP predicts the permutation's index.
 
-With ``board=True`` the backbone sees the shuffled tiles laid out as one image instead (G x t
-pixels a side, no gaps between them; Kim, Cho, Yoo, Kweon, "Learning Image Representations by
-Completing Damaged Jigsaw Puzzles", WACV 2018, also feed the whole shuffled image), and the same
-per-cell head reads each grid cell of its last feature map. A 12 px tile passes through a
+With ``board=True`` (our variant, not the paper's) the backbone sees the shuffled tiles laid out
+as one image instead (G x t pixels a side, no gaps between them), and the same per-cell head reads
+each grid cell of its last feature map. A 12 px tile passes through a
 ResNet's stride-2 stages down to a 2 x 2 map, so its deep stages learn on inputs far smaller than
 the images they later embed; a 36 px board is about the evaluated images' scale, at the same cost
 in pixels as the nine tiles.
