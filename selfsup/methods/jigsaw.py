@@ -13,10 +13,9 @@ the embeddings are concatenated in position order and an MLP predicts the permut
 
 With ``board=True`` (our variant, not the paper's) the backbone sees the shuffled tiles laid out
 as one image instead (G x t pixels a side, no gaps between them), and the same per-cell head reads
-each grid cell of its last feature map. A 12 px tile passes through a
-ResNet's stride-2 stages down to a 2 x 2 map, so its deep stages learn on inputs far smaller than
-the images they later embed; a 36 px board is about the evaluated images' scale, at the same cost
-in pixels as the nine tiles.
+each grid cell of its last feature map. A 12 px tile passes through a ResNet's stride-2 stages down
+to a 2 x 2 map, so its deep stages learn on inputs far smaller than the images they later embed; a
+36 px board is about the evaluated images' scale, at the same cost in pixels as the nine tiles.
 """
 from __future__ import annotations
 
@@ -112,6 +111,19 @@ def inverse_permutation(perms: torch.Tensor) -> torch.Tensor:
     return perms.argsort(-1)
 
 
+def lay_out(tiles: torch.Tensor, grid: int, cell: int | None = None, offset: int = 0) -> torch.Tensor:
+    """Tiles (B, grid**2, C, t, t) in row-major order put on their grid as one image (B, C, grid*cell,
+    grid*cell): each tile at ``offset`` inside its ``cell``-px cell, white (1.0) around it; without
+    ``cell``, edge to edge."""
+    B, _, C, t, _ = tiles.shape
+    placed = tiles.view(B, grid, grid, C, t, t).permute(0, 3, 1, 4, 2, 5)     # (B, C, row, y, col, x)
+    if cell is None or cell == t:
+        return placed.reshape(B, C, grid * t, grid * t)
+    board = tiles.new_ones(B, C, grid, cell, grid, cell)
+    board[:, :, :, offset:offset + t, :, offset:offset + t] = placed
+    return board.view(B, C, grid * cell, grid * cell)
+
+
 def normalize_tiles(tiles: torch.Tensor, std_min: float = 0.05) -> torch.Tensor:
     """Each tile to zero mean and unit std (std floored at ``std_min``): (B, N, C, t, t).
 
@@ -186,9 +198,8 @@ class Jigsaw(Method):
         """Shuffled tiles (B, N, C, t, t) -> permutation logits (B, P)."""
         B, N = tiles.shape[:2]
         if self.cfg.board:   # one image per sample; each cell's share of the last feature map
-            G, C, t = self.cfg.grid, tiles.shape[2], tiles.shape[-1]
-            board = tiles.view(B, G, G, C, t, t).permute(0, 3, 1, 4, 2, 5).reshape(B, C, G * t, G * t)
-            cells = F.adaptive_avg_pool2d(feature_map(self.backbone, board), G)      # (B, D, G, G)
+            board = lay_out(tiles, self.cfg.grid)
+            cells = F.adaptive_avg_pool2d(feature_map(self.backbone, board), self.cfg.grid)   # (B, D, G, G)
             h = self.tile_head(cells.flatten(2).transpose(1, 2).reshape(B * N, -1))
         else:
             h = self.tile_head(self.backbone(tiles.flatten(0, 1)))   # all B*N tiles in one pass: (B*N, tile_dim)
@@ -224,8 +235,4 @@ class Jigsaw(Method):
 
     def _board(self, tiles: torch.Tensor) -> torch.Tensor:
         """Tiles (B, G*G, C, t, t) laid out on their grid, white between them: (B, C, F, F)."""
-        B, _, C, t, _ = tiles.shape
-        G, o = self.cfg.grid, self.cfg.gap // 2
-        board = tiles.new_ones(B, C, G, self.cell, G, self.cell)
-        board[:, :, :, o:o + t, :, o:o + t] = tiles.view(B, G, G, C, t, t).permute(0, 3, 1, 4, 2, 5)
-        return board.view(B, C, self.field, self.field)
+        return lay_out(tiles, self.cfg.grid, self.cell, self.cfg.gap // 2)
