@@ -129,3 +129,12 @@ def test_infill_fills_every_hidden_pixel_from_visible_ones_only():
     poisoned = x.clone()
     poisoned[mask.bool()] = 1e6                                       # hidden values never leak in
     assert torch.equal(infill_from_visible(poisoned, mask), out)
+
+
+def test_the_decoder_attention_takes_the_plain_path_on_the_cpu_like_the_encoder():
+    """MAE's decoder blocks pick their attention kernel by device as the backbone's do
+    (models.plain_attention_on_cpu): after a CPU step every attention layer ran the plain path."""
+    mae = small_mae()
+    mae({"images": torch.rand(4, 3, 16, 16)})[0].backward()
+    layers = [m for m in mae.modules() if hasattr(m, "fused_attn")]
+    assert len(layers) == 6 + mae.cfg.decoder_depth and not any(m.fused_attn for m in layers)

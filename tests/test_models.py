@@ -70,3 +70,34 @@ def test_encoder_normalises_uint8_and_float_alike():
     x = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.allclose(enc(x), enc(x.float() / 255), atol=1e-5)
+
+
+def test_vit_attention_takes_the_plain_path_on_the_cpu_with_the_fused_kernels_arithmetic():
+    """On the CPU every attention layer of a ViT, of MAE's decoder and of CLIP's text encoder runs
+    timm's plain matmul-softmax path (faster there than torch's fused kernel at our token counts);
+    outputs and gradients equal the fused kernel's within fp32 rounding."""
+    from selfsup.models.text import TextTransformer
+    torch.manual_seed(0)
+    vit = create_backbone("vit_micro", in_chans=1, img_size=28)
+    x = torch.randn(3, 1, 28, 28, requires_grad=True)
+    plain = vit(x)
+    attn = [m for m in vit.modules() if hasattr(m, "fused_attn")]
+    assert len(attn) == 6 and not any(m.fused_attn for m in attn)
+    (g_plain,) = torch.autograd.grad(plain.square().sum(), x)
+    for m in attn:                      # the fused kernel, as off the CPU
+        m._forward_pre_hooks.clear()
+        m.fused_attn = True
+    fused = vit(x)
+    (g_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    assert torch.allclose(plain, fused, atol=1e-5) and torch.allclose(g_plain, g_fused, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(plain, create_backbone("vit_micro", in_chans=1, img_size=28)(x))   # not a constant
+    text = TextTransformer(vocab_size=50, context_length=8, eot_id=49, width=32, depth=2, heads=4)
+    ids = torch.randint(0, 49, (2, 8))
+    ids[:, -1] = 49
+    causal = text(ids)
+    assert not any(m.fused_attn for m in text.modules() if hasattr(m, "fused_attn"))
+    for m in text.modules():
+        if hasattr(m, "fused_attn"):
+            m._forward_pre_hooks.clear()
+            m.fused_attn = True
+    assert torch.allclose(causal, text(ids), atol=1e-5)       # the causal mask holds on the plain path too

@@ -29,7 +29,7 @@ from timm.models.vision_transformer import Block
 
 from ..data.augment import ViewConfig, make_view, normalize, to_float
 from ..errors import SelfSupError
-from ..models import is_vit
+from ..models import is_vit, plain_attention_on_cpu
 from .base import DataInfo, Method, Picture, denormalize
 
 
@@ -147,6 +147,7 @@ class MAE(Method):
                              persistent=False)
         self.decoder_blocks = nn.Sequential(*[Block(Dd, cfg.decoder_heads, mlp_ratio=4.0, qkv_bias=True)
                                               for _ in range(cfg.decoder_depth)])
+        plain_attention_on_cpu(self.decoder_blocks)
         self.decoder_norm = nn.LayerNorm(Dd, eps=1e-6)
         self.decoder_pred = nn.Linear(Dd, self.p * self.p * data.channels)
         nn.init.normal_(self.mask_token, std=0.02)

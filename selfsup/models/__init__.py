@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import SelfSupError
 from .resnet import ResNet
-from .vit import ViT
+from .vit import ViT, plain_attention_on_cpu
 
 
 def _resnet(layers, width, block="basic", in_chans=3, img_size=None, **kw):

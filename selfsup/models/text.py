@@ -25,6 +25,7 @@ from torch import nn
 from timm.models.vision_transformer import Block
 
 from ..errors import SelfSupError
+from .vit import plain_attention_on_cpu
 
 PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
 
@@ -98,7 +99,8 @@ class TextTransformer(nn.Module):
         self.eot_id, self.pooling, self.width = eot_id, pooling, width
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(1, context_length, width))
-        self.blocks = nn.ModuleList([Block(width, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)])
+        self.blocks = plain_attention_on_cpu(nn.ModuleList([Block(width, heads, mlp_ratio=4.0, qkv_bias=True)
+                                                            for _ in range(depth)]))
         self.norm = nn.LayerNorm(width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)

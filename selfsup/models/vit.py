@@ -13,6 +13,22 @@ from ..errors import SelfSupError
 from timm.models.vision_transformer import VisionTransformer
 
 
+def _choose_attention(module: nn.Module, args) -> None:
+    module.fused_attn = args[0].device.type != "cpu"
+
+
+def plain_attention_on_cpu(module: nn.Module) -> nn.Module:
+    """Make every timm attention layer in ``module`` pick its kernel by the input's device at each
+    call: torch's fused ``scaled_dot_product_attention`` off the CPU, timm's plain matmul-softmax
+    path on it. On the CPU, at our token counts (17-65), the fused kernel's backward is the slow
+    part of a ViT step: the plain path made MAE's ``vit_micro`` step 1.2x faster in fp32 and 2x
+    faster in bf16 autocast (BENCHMARKS.md, vit-attention-speed). Same arithmetic either way."""
+    for m in module.modules():
+        if hasattr(m, "fused_attn"):
+            m.register_forward_pre_hook(_choose_attention)
+    return module
+
+
 class ViT(nn.Module):
     """``forward_features`` gives the normed tokens (B, 1 + L, D), CLS first; ``forward`` the
     pooled embedding (B, D): the CLS token, or the mean of the patch tokens with ``pool="mean"``."""
@@ -28,6 +44,7 @@ class ViT(nn.Module):
             depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token",
             dynamic_img_size=True, drop_path_rate=drop_path_rate,
         )
+        plain_attention_on_cpu(self.vit)
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.num_stages = depth
