@@ -9,8 +9,11 @@ that lightly and solo-learn use, for each method's own recipe, backbone and batc
 - **selfsup, fp32**: ``selfsup.train`` with ``cpu_bf16=false``: batched augmentation inside the
   step (``augment_threads`` at its default), eager fp32.
 - **selfsup, default**: ``selfsup.train`` with no options: on a CPU with native bf16, bf16
-  autocast with channels_last (losses in fp32) for convolutional backbones, fp32 for ViTs
-  (``cpu_bf16=auto``); elsewhere the same as fp32.
+  autocast with channels_last (losses in fp32), for every backbone (``cpu_bf16=auto``);
+  elsewhere the same as fp32.
+
+On the CPU, ViT attention runs timm's plain matmul-softmax path on both sides (the model is the
+same module; in fp32 it runs as fast as torch's fused kernel there: BENCHMARKS.md, vit-bf16).
 
 images/s counts source images. Each figure is timed over about ``--seconds`` after a warm-up;
 the load average before and after is printed with the table, since machines here differ about
@@ -155,7 +158,7 @@ def main():
     from selfsup.config import TrainConfig
     bf16_default = TrainConfig().cpu_bf16 != "false" and native_bf16()
     lines = ["| method | backbone | batch | per-image pipeline, fp32 (images/s) | selfsup, fp32 | selfsup, default "
-             f"({'cpu_bf16=auto: bf16 + channels_last for CNNs, fp32 for ViTs' if bf16_default else 'fp32'}) | default / per-image | target >= {TARGET:g}x |",
+             f"({'cpu_bf16=auto: bf16 + channels_last' if bf16_default else 'fp32'}) | default / per-image | target >= {TARGET:g}x |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for name, backbone, batch, tv, fp32, default in rows:
         lines.append(f"| {name} | {backbone} | {batch} | {tv:.0f} | {fp32:.0f} | {default:.0f} | {default / tv:.2f}x | "

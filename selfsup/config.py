@@ -48,8 +48,8 @@ class TrainConfig:
     amp: bool = True                        # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True              # on CUDA
     cpu_bf16: str = "auto"                  # auto | true | false: bf16 autocast + channels_last on CPUs with native bf16
-                                            # dot products (AVX512_BF16 / AMX), losses in fp32. auto: convolutional
-                                            # backbones (2x there; on the small ViTs bf16 was slower than fp32)
+                                            # dot products (AVX512_BF16 / AMX), losses in fp32; about 2x the fp32
+                                            # step for ResNets and ViTs. true: the same, with a notice where not native
     compile: bool = False                   # torch.compile (inductor) the method's modules; a notice and eager where it
                                             # fails. Off by default: on the 2-core CPU 1.11-1.26x in fp32, nothing over eager bf16
     sync_bn: bool = False                   # SyncBatchNorm under torchrun

@@ -230,10 +230,10 @@ def test_a_warmup_longer_than_the_run_is_cut_to_a_tenth_and_the_rate_ends_near_z
 
 
 def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(images, monkeypatch, capsys):
-    """cpu_bf16 ("auto" by default): on a CPU with native bf16 the step of a convolutional backbone
-    runs under bf16 autocast with channels_last convs, and a ViT's stays fp32 unless "true"; on a
-    CPU without native bf16, plain fp32, with a one-line notice only when the user asked for it.
-    "false" is fp32 everywhere."""
+    """cpu_bf16 ("auto" by default): on a CPU with native bf16 the step runs under bf16 autocast
+    with channels_last convs, for a convolutional backbone and a ViT alike; on a CPU without native
+    bf16, plain fp32, with a one-line notice only when the user asked for it. "false" is fp32
+    everywhere."""
     import math
 
     from selfsup.app import train as app_train
@@ -258,10 +258,10 @@ def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(
             notice = capsys.readouterr().out
             assert ("no native bf16" in notice) == (not native and asked.get("cpu_bf16") is True), (native, asked, notice)
     monkeypatch.setattr(loop, "native_bf16", lambda: True)
-    for asked, autocast in (({"cpu_bf16": False}, False), ({}, False), ({"cpu_bf16": "true"}, True)):
-        seen.clear()
-        backbone = "resnet18_quarter" if asked.get("cpu_bf16") is False else "vit_micro"
-        selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, backbone=backbone, **asked)
-        assert seen and all(a == autocast for a, _ in seen), (asked, backbone, seen)
+    for asked, autocast in (({"cpu_bf16": False}, False), ({}, True), ({"cpu_bf16": "true"}, True)):
+        for backbone in ("resnet18_quarter", "vit_micro"):
+            seen.clear()
+            selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, backbone=backbone, **asked)
+            assert seen and all(a == autocast for a, _ in seen), (asked, backbone, seen)
     with pytest.raises(SelfSupError, match="cpu_bf16"):
         selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, cpu_bf16="sometimes")

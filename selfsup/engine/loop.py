@@ -41,7 +41,6 @@ from .. import distributed as dist
 from ..config import TrainConfig, to_dict
 from ..data import augment
 from ..errors import SelfSupError
-from ..models import is_vit
 from ..runs.checkpoint import save_checkpoint
 from ..schedules import warmup_cosine
 from .batches import BatchSource
@@ -180,13 +179,13 @@ def native_bf16() -> bool:
         return False
 
 
-def cpu_bf16(cfg: TrainConfig, device: torch.device, method: nn.Module | None = None) -> bool:
-    """Whether this run trains in bf16 with channels_last on the CPU: only on a CPU with native bf16;
-    ``cfg.cpu_bf16`` "true" for any backbone, "auto" (the default) for convolutional ones (on the
-    small ViTs bf16 autocast was slower than fp32: BENCHMARKS.md, step-speed), "false" never."""
-    if device.type != "cpu" or cfg.cpu_bf16 == "false" or not native_bf16():
-        return False
-    return cfg.cpu_bf16 == "true" or not is_vit(getattr(method, "backbone", None))
+def cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether this run trains in bf16 with channels_last on the CPU: only on a CPU with native bf16,
+    unless ``cfg.cpu_bf16`` is "false". "auto" (the default) and "true" differ only in the notice a
+    CPU without native bf16 prints for "true". Every backbone: the small ViTs, slower in bf16 while
+    their attention ran torch's fused kernel, are about 2x faster since it runs the plain path on
+    the CPU (BENCHMARKS.md, vit-bf16)."""
+    return device.type == "cpu" and cfg.cpu_bf16 != "false" and native_bf16()
 
 
 def compile_modules(method: nn.Module, backend="inductor") -> list[nn.Module]:
@@ -215,7 +214,7 @@ def _place(method: nn.Module, cfg: TrainConfig, device: torch.device,
     """(method on ``device``, the module the step calls: the method or DDP around it, the modules
     compiled with ``compile=true``)."""
     method.to(device)
-    if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device, method):
+    if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device):
         method.to(memory_format=torch.channels_last)
     compiled = compile_modules(method) if cfg.compile else []
     if world > 1 and cfg.sync_bn:
@@ -243,7 +242,7 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
     loss_sum, finite, logs = 0.0, True, {}
     micro = _split(batch, cfg.accumulate)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
-                else torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16(cfg, device, method)
+                else torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16(cfg, device)
                 else contextlib.nullcontext())
     for i, part in enumerate(micro):
         part = _to_device(part, device)

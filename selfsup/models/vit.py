@@ -22,7 +22,7 @@ def plain_attention_on_cpu(module: nn.Module) -> nn.Module:
     call: torch's fused ``scaled_dot_product_attention`` off the CPU, timm's plain matmul-softmax
     path on it. On the CPU, at our token counts (17-65), the fused kernel's backward is the slow
     part of a ViT step: the plain path made MAE's ``vit_micro`` step 1.2x faster in fp32 and 2x
-    faster in bf16 autocast (BENCHMARKS.md, vit-attention-speed). Same arithmetic either way."""
+    faster in bf16 autocast (BENCHMARKS.md, vit-bf16). Same arithmetic either way."""
     for m in module.modules():
         if hasattr(m, "fused_attn"):
             m.register_forward_pre_hook(_choose_attention)
