@@ -21,8 +21,8 @@ def plain_attention_on_cpu(module: nn.Module) -> nn.Module:
     """Make every timm attention layer in ``module`` pick its kernel by the input's device at each
     call: torch's fused ``scaled_dot_product_attention`` off the CPU, timm's plain matmul-softmax
     path on it. On the CPU, at our token counts (17-65), the fused kernel's backward is the slow
-    part of a ViT step: the plain path made MAE's ``vit_micro`` step 1.2x faster in fp32 and 2x
-    faster in bf16 autocast (BENCHMARKS.md, vit-bf16). Same arithmetic either way."""
+    part of a ViT step: with the plain path MAE's ``vit_micro`` step runs as fast in fp32 and about
+    2x as fast in bf16 autocast (BENCHMARKS.md, vit-bf16). Same arithmetic either way."""
     for m in module.modules():
         if hasattr(m, "fused_attn"):
             m.register_forward_pre_hook(_choose_attention)
