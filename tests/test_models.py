@@ -72,6 +72,14 @@ def test_encoder_normalises_uint8_and_float_alike():
         assert torch.allclose(enc(x), enc(x.float() / 255), atol=1e-5)
 
 
+def _fused_everywhere(module):
+    """Every timm attention layer of ``module`` back on torch's fused kernel, hook removed."""
+    for m in module.modules():
+        if hasattr(m, "fused_attn"):
+            m._forward_pre_hooks.clear()
+            m.fused_attn = True
+
+
 def test_vit_attention_takes_the_plain_path_on_the_cpu_with_the_fused_kernels_arithmetic():
     """On the CPU every attention layer of a ViT, of MAE's decoder and of CLIP's text encoder runs
     timm's plain matmul-softmax path (faster there than torch's fused kernel at our token counts);
@@ -84,9 +92,7 @@ def test_vit_attention_takes_the_plain_path_on_the_cpu_with_the_fused_kernels_ar
     attn = [m for m in vit.modules() if hasattr(m, "fused_attn")]
     assert len(attn) == 6 and not any(m.fused_attn for m in attn)
     (g_plain,) = torch.autograd.grad(plain.square().sum(), x)
-    for m in attn:                      # the fused kernel, as off the CPU
-        m._forward_pre_hooks.clear()
-        m.fused_attn = True
+    _fused_everywhere(vit)              # the fused kernel, as off the CPU
     fused = vit(x)
     (g_fused,) = torch.autograd.grad(fused.square().sum(), x)
     assert torch.allclose(plain, fused, atol=1e-5) and torch.allclose(g_plain, g_fused, atol=1e-4, rtol=1e-4)
@@ -96,8 +102,5 @@ def test_vit_attention_takes_the_plain_path_on_the_cpu_with_the_fused_kernels_ar
     ids[:, -1] = 49
     causal = text(ids)
     assert not any(m.fused_attn for m in text.modules() if hasattr(m, "fused_attn"))
-    for m in text.modules():
-        if hasattr(m, "fused_attn"):
-            m._forward_pre_hooks.clear()
-            m.fused_attn = True
+    _fused_everywhere(text)
     assert torch.allclose(causal, text(ids), atol=1e-5)       # the causal mask holds on the plain path too

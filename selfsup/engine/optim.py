@@ -43,7 +43,7 @@ def fused_adamw() -> bool:
     """Whether torch has AdamW's fused kernel for CPU tensors as well as CUDA ones (torch 2.4+).
     It does the same update as the per-parameter loop (within 5e-7 after 23 steps of MAE) in one
     kernel per step: 2.1-2.6x faster optimiser steps on the 2-core CPU (BENCHMARKS.md, vit-bf16)."""
-    return tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    return torch.__version__ >= (2, 4)        # torch.torch_version.TorchVersion compares as a version
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
