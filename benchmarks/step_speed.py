@@ -8,9 +8,11 @@ that lightly and solo-learn use, for each method's own recipe, backbone and batc
   gets on this CPU.
 - **selfsup, fp32**: ``selfsup.train`` with ``cpu_bf16=false``: batched augmentation inside the
   step (``augment_threads`` at its default), eager fp32.
-- **selfsup, default**: ``selfsup.train`` with no options: on a CPU with native bf16, bf16
-  autocast with channels_last (losses in fp32), for every backbone (``cpu_bf16=auto``);
-  elsewhere the same as fp32.
+- **selfsup, bf16** (on a CPU with native bf16 only): ``cpu_bf16=true``: bf16 autocast with
+  channels_last (losses in fp32), for every backbone.
+- **selfsup, default**: ``selfsup.train`` with no options: on a CPU with native bf16,
+  ``cpu_bf16=auto`` times the method's step in both precisions on its first batch and takes bf16
+  only where it is faster (the table says which it took); elsewhere the same as fp32.
 
 On the CPU, ViT attention runs timm's plain matmul-softmax path on both sides (the model is the
 same module; in fp32 it runs as fast as torch's fused kernel there: BENCHMARKS.md, vit-bf16).
@@ -118,16 +120,18 @@ def _timed_steps(method, cfg, loader, current: list, images, seconds: float, war
     return timed * cfg.batch_size / (time.perf_counter() - t0), cfg.backbone, cfg.batch_size
 
 
-def ours(name: str, images, seconds: float, bf16: bool | None, log_every: int = 5) -> float:
-    """images/s of ``selfsup.train`` (its own metrics rows after the first), ``bf16`` None = the default."""
+def ours(name: str, images, seconds: float, bf16: bool | None, log_every: int = 5) -> tuple[float, bool]:
+    """(images/s of ``selfsup.train``: its own metrics rows after the first, whether it trained in
+    bf16); ``bf16`` None = the default."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = {} if bf16 is None else {"cpu_bf16": bf16}
-        selfsup.train(name, data=images, out=Path(tmp) / "run", time_limit=seconds / 60, epochs=1000, log_every=log_every,
-                      progress=False, logger="none", checkpoint_every_minutes=0, seed=0, **extra)
+        res = selfsup.train(name, data=images, out=Path(tmp) / "run", time_limit=seconds / 60, epochs=1000,
+                            log_every=log_every, progress=False, logger="none", checkpoint_every_minutes=0, seed=0,
+                            **extra)
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
-    rates = rates[1:] or rates   # the first window holds the warm-up
-    return sum(rates) / max(len(rates), 1)
+    rates = rates[1:] or rates   # the first window holds the warm-up (and the default's probe)
+    return sum(rates) / max(len(rates), 1), res.bf16
 
 
 def main():
@@ -145,24 +149,29 @@ def main():
     if args.smoke:
         images = images.subset(torch.arange(min(len(images), 256)))
     load_before = os.getloadavg()
+    native = native_bf16()
     rows = []
     for name in args.methods.split(","):
         tv, backbone, batch = per_image(name, images, args.seconds)
         every = 1 if args.smoke else 5
-        fp32 = ours(name, images, args.seconds, bf16=False, log_every=every)
-        default = ours(name, images, args.seconds, bf16=None, log_every=every)
-        rows.append((name, backbone, batch, tv, fp32, default))
-        print(f"{name}: per-image {tv:.0f}, selfsup fp32 {fp32:.0f}, selfsup default {default:.0f} images/s "
-              f"({default / tv:.2f}x)", flush=True)
+        fp32, _ = ours(name, images, args.seconds, bf16=False, log_every=every)
+        bf16 = ours(name, images, args.seconds, bf16=True, log_every=every)[0] if native else None
+        default, chose_bf16 = ours(name, images, args.seconds, bf16=None, log_every=every)
+        rows.append((name, backbone, batch, tv, fp32, bf16, default, chose_bf16))
+        print(f"{name}: per-image {tv:.0f}, selfsup fp32 {fp32:.0f}, "
+              f"{f'bf16 {bf16:.0f}, ' if bf16 is not None else ''}default {default:.0f} images/s "
+              f"({'bf16' if chose_bf16 else 'fp32'}; {default / tv:.2f}x)", flush=True)
     load_after = os.getloadavg()
-    from selfsup.config import TrainConfig
-    bf16_default = TrainConfig().cpu_bf16 != "false" and native_bf16()
-    lines = ["| method | backbone | batch | per-image pipeline, fp32 (images/s) | selfsup, fp32 | selfsup, default "
-             f"({'cpu_bf16=auto: bf16 + channels_last' if bf16_default else 'fp32'}) | default / per-image | target >= {TARGET:g}x |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    for name, backbone, batch, tv, fp32, default in rows:
-        lines.append(f"| {name} | {backbone} | {batch} | {tv:.0f} | {fp32:.0f} | {default:.0f} | {default / tv:.2f}x | "
-                     f"{'met' if default / tv >= TARGET else 'missed'} |")
+    lines = ["| method | backbone | batch | per-image pipeline, fp32 (images/s) | selfsup, fp32 | "
+             + ("selfsup, bf16 + channels_last (cpu_bf16=true) | " if native else "")
+             + "selfsup, default | the default's precision | default / per-image | target >= "
+             f"{TARGET:g}x |",
+             "|---|---|---:|---:|---:|" + ("---:|" if native else "") + "---:|---|---:|---|"]
+    for name, backbone, batch, tv, fp32, bf16, default, chose_bf16 in rows:
+        lines.append(f"| {name} | {backbone} | {batch} | {tv:.0f} | {fp32:.0f} | "
+                     + (f"{bf16:.0f} | " if native else "")
+                     + f"{default:.0f} | {'bf16 (probed)' if chose_bf16 else ('fp32 (probed)' if native else 'fp32')} | "
+                     f"{default / tv:.2f}x | {'met' if default / tv >= TARGET else 'missed'} |")
     notes = (f"\n{data}, {os.cpu_count()} cores, {WORKERS} DataLoader workers for the per-image pipeline, each figure "
              f"timed for about {args.seconds:g} s after a warm-up; images/s counts source images. Load average "
              f"(1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load_before)} before and "

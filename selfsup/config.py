@@ -47,9 +47,11 @@ class TrainConfig:
     device: str = "auto"                    # auto | cpu | cuda
     amp: bool = True                        # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True              # on CUDA
-    cpu_bf16: str = "auto"                  # auto | true | false: bf16 autocast + channels_last on CPUs with native bf16
-                                            # dot products (AVX512_BF16 / AMX), losses in fp32; about 2x the fp32
-                                            # step for ResNets and ViTs. true: the same, with a notice where not native
+    cpu_bf16: str = "auto"                  # auto | true | false. true: bf16 autocast + channels_last on CPUs with native
+                                            # bf16 dot products (AVX512_BF16 / AMX), losses in fp32 (a notice where not
+                                            # native). auto: times the run's step in both on its first batch and takes bf16
+                                            # only where it is faster (about 2x on an AMD EPYC, slower on an Intel Xeon
+                                            # without AMX); the choice is saved and kept on resume
     compile: bool = False                   # torch.compile (inductor) the method's modules; a notice and eager where it
                                             # fails. Off by default: on the 2-core CPU 1.11-1.26x in fp32, nothing over eager bf16
     sync_bn: bool = False                   # SyncBatchNorm under torchrun

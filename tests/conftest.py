@@ -4,13 +4,25 @@ import socket
 import pytest
 import torch
 
+from selfsup.engine import loop as _loop
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+real_pass_seconds = _loop._pass_seconds   # the probe's own clock, for the tests that check the probe
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session caches decoded datasets in its own folder, never in the user's."""
     monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _steady_precision_probe(monkeypatch):
+    """cpu_bf16=auto times a run's step in both precisions; in tests the timings are fixed (bf16
+    twice as fast), so on a CPU with native bf16 a run takes bf16 as it always would there, and no
+    test depends on this machine's clock. tests/test_engine.py checks the probe itself."""
+    monkeypatch.setattr(_loop, "_pass_seconds", lambda module, batch, bf16: 0.5 if bf16 else 1.0)
+    monkeypatch.setattr(_loop, "_PROBED", {})
 
 
 @pytest.fixture(scope="session")

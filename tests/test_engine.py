@@ -265,3 +265,107 @@ def test_cpu_bf16_trains_under_bf16_autocast_with_channels_last_or_says_why_not(
             assert seen and all(a == autocast for a, _ in seen), (asked, backbone, seen)
     with pytest.raises(SelfSupError, match="cpu_bf16"):
         selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False, cpu_bf16="sometimes")
+
+def _timed(monkeypatch, fp32: float, bf16: float, calls: list):
+    """The probe runs its real passes but reads these times (seconds) for them."""
+    from selfsup.engine import loop
+
+    from conftest import real_pass_seconds
+
+    def fixed(module, batch, use_bf16):
+        calls.append(use_bf16)
+        real_pass_seconds(module, batch, use_bf16)
+        return bf16 if use_bf16 else fp32
+    monkeypatch.setattr(loop, "_pass_seconds", fixed)
+    monkeypatch.setattr(loop, "_PROBED", {})
+
+
+def test_auto_times_the_step_and_takes_bf16_only_where_it_is_faster(tmp_path, images, monkeypatch, capsys):
+    """cpu_bf16=auto on a CPU with native bf16: the run times its own step in both precisions on its
+    first batch and trains in bf16 only when bf16 took at most 0.9 of the fp32 time. The probe
+    leaves no trace: a run that chose fp32 ends with the weights of a cpu_bf16=false run. The
+    choice and the timings go into the checkpoint and provenance.json; a second run of the same
+    step in the process reuses the probe. "true" and "false" do not probe."""
+    from selfsup.engine import loop
+    seen = []
+    forward = SimCLR.forward
+
+    def spy(self, batch):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, batch)
+    monkeypatch.setattr(SimCLR, "forward", spy)
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)
+    run = dict(data=images, epochs=1, batch_size=16, progress=False, seed=5)
+
+    calls = []
+    _timed(monkeypatch, fp32=0.8, bf16=1.0, calls=calls)   # bf16 slower: fp32
+    seen.clear()
+    res = selfsup.train("simclr", out=tmp_path / "auto", **run)
+    assert calls == [False, True] * 4 and not res.bf16 and seen.count(True) == 4   # 4 timed bf16 passes, then fp32
+    assert res.precision_probe == {"bf16": False, "fp32_ms": 800.0, "bf16_ms": 1000.0}
+    assert "training in fp32" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "auto")["cpu_bf16_chosen"] is False
+    prov = json.loads((tmp_path / "auto" / "provenance.json").read_text())
+    assert prov["precision"] == "fp32" and prov["precision_probe"]["bf16_ms"] == 1000.0
+    fp32 = selfsup.train("simclr", out=tmp_path / "fp32", cpu_bf16=False, **run)
+    assert _same(_weights(tmp_path / "auto"), _weights(tmp_path / "fp32")) and res.last_loss == fp32.last_loss
+
+    _timed(monkeypatch, fp32=1.0, bf16=0.89, calls=calls)   # bf16 faster by more than the margin: bf16
+    calls.clear()
+    seen.clear()
+    res = selfsup.train("simclr", **run)
+    assert res.bf16 and len(calls) == 8 and seen[8:] == [True] * res.steps
+    assert "training in bf16" in capsys.readouterr().out
+    calls.clear()
+    again = selfsup.train("simclr", **run)
+    assert again.bf16 and calls == [] and again.precision_probe["cached"]   # the same step: the probe is reused
+    assert "cpu_bf16=auto" not in capsys.readouterr().out                   # and says nothing
+    for asked, bf16 in (("true", True), ("false", False)):
+        calls.clear()
+        assert selfsup.train("simclr", cpu_bf16=asked, **run).bf16 is bf16 and calls == []
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_chose(tmp_path, images, monkeypatch):
+    """The choice is made once per run: a resumed run trains in the precision its checkpoint saved,
+    without probing again, whatever a probe would now say."""
+    from selfsup.engine import loop
+    monkeypatch.setattr(loop, "native_bf16", lambda: True)
+    calls = []
+    _timed(monkeypatch, fp32=0.8, bf16=1.0, calls=calls)
+    selfsup.train("simclr", data=images, out=tmp_path / "run", epochs=1, batch_size=16, progress=False)
+    seen = []
+    forward = SimCLR.forward
+
+    def spy(self, batch):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, batch)
+    monkeypatch.setattr(SimCLR, "forward", spy)
+    _timed(monkeypatch, fp32=1.0, bf16=0.5, calls=calls)
+    calls.clear()
+    res = selfsup.train(data=images, out=tmp_path / "run", resume=True, epochs=2, progress=False)
+    assert res.steps == 8 and calls == [] and not res.bf16 and seen == [False] * 4
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco", "dino", "mae", "clip", "supervised"])
+def test_the_probe_leaves_the_method_and_the_rng_as_they_were(name, monkeypatch):
+    """The probe runs on copies: the method's parameters and buffers (BN statistics, MoCo's queue,
+    DINO's centre), its gradients and the global RNG are untouched."""
+    from selfsup.app.train import build_method, resolve_config
+    from selfsup.engine import loop
+    from selfsup.methods.base import DataInfo
+
+    from conftest import CAPTIONS, backbone_for, real_pass_seconds
+    cfg, mcfg = resolve_config(name, {"backbone": backbone_for(name)})
+    method = build_method(cfg, mcfg, DataInfo(3, 16, [0.5] * 3, [0.25] * 3, num_classes=2)).train()
+    batch = {"images": tiny_images(8, 3, 16), "labels": torch.arange(8) % 2, "captions": CAPTIONS[:8]}
+    if method.uses_captions:
+        method.prepare_text(CAPTIONS)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    rng = torch.get_rng_state()
+    monkeypatch.setattr(loop, "_pass_seconds", real_pass_seconds)
+    probe = loop.probe_cpu_bf16(method, batch, warmup=1, repeats=1)
+    assert set(probe) == {"bf16", "fp32_ms", "bf16_ms"} and probe["fp32_ms"] > 0 and probe["bf16_ms"] > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = method.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), name
+    assert all(p.grad is None for p in method.parameters())

@@ -18,8 +18,12 @@ from selfsup.runs import checkpoint as ckpt_mod
 from selfsup.runs import load_checkpoint, save_checkpoint
 from selfsup.errors import SelfSupError
 
+# cpu_bf16=true: bf16 wherever the CPU has it natively, as the default "auto" chooses when bf16 is
+# faster; "auto" would time each process's own step, and the two runs compared here could choose
+# differently (tests/test_engine.py checks that a resumed "auto" run keeps its first choice)
 ARGS = ["train", "simclr", "--data", "shapes:n=48,n_test=16,size=16", "--epochs", "10", "--batch-size", "8",
-        "--no-progress", "--seed", "3", "--set", "checkpoint_every_steps=1", "--set", "log_every=1"]
+        "--no-progress", "--seed", "3", "--set", "checkpoint_every_steps=1", "--set", "log_every=1",
+        "--set", "cpu_bf16=true"]
 TOTAL = 10 * (48 // 8)
 
 

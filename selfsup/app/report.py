@@ -100,7 +100,7 @@ def summary_section(run_dir: Path, cfg: dict, metrics: list[dict], spec: str) ->
              "images shown": spec if spec != cfg.get("data") else None,
              "steps": last.get("step"), "epochs": last.get("epoch"), "batch size": cfg.get("batch_size"),
              "peak lr": cfg.get("lr"), "last loss": last.get("loss"), "images/s": last.get("images_per_s"),
-             "training time (s)": last.get("elapsed_s"), "device": prov.get("device"),
+             "training time (s)": last.get("elapsed_s"), "device": prov.get("device"), "precision": prov.get("precision"),
              "selfsup": prov.get("selfsup"), "git commit": prov.get("git_commit"), "torch": prov.get("torch"),
              "started": prov.get("time")}
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>" for k, v in facts.items() if v is not None)

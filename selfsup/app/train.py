@@ -8,6 +8,7 @@ backbone, the method's own files and its pictures (also added to TensorBoard).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -221,6 +222,7 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
                      method_cfg=method_cfg, hooks=[monitor] if monitor else [], sinks=[sink] if sink else [],
                      extra_state={"backbone_meta": backbone_meta(cfg, info, method_cfg)})
         if run_dir is not None and rank == 0:
+            _record_precision(run_dir, result, device, cfg)
             save_backbone(method_module.export_backbone(), backbone_meta(cfg, info), run_dir / "backbone.safetensors")
             for name, text in method_module.run_files().items():
                 (run_dir / name).write_text(text)
@@ -232,6 +234,23 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
         if sink is not None:
             sink.close()
     return result
+
+
+def _record_precision(run_dir: Path, result: RunResult, device: torch.device, cfg) -> None:
+    """provenance.json gets the precision the run trained in, and cpu_bf16=auto's timings when it
+    probed them (a resumed run keeps its first process's record)."""
+    path = run_dir / "provenance.json"
+    try:
+        prov = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if device.type == "cuda":
+        prov["precision"] = "bf16 autocast" if cfg.amp else "fp32"
+    else:
+        prov["precision"] = "bf16 autocast + channels_last" if result.bf16 else "fp32"
+    if result.precision_probe is not None:
+        prov["precision_probe"] = {k: v for k, v in result.precision_probe.items() if k != "cached"}
+    runs.write_json(path, prov)
 
 
 def _bf16_notice(cfg, device, overrides: dict) -> None:

@@ -9,6 +9,10 @@ Randomness is a pure function of (seed, step, rank): the data order of epoch e c
 generator seeded with (seed, e), and the global RNG is reseeded before every step, so a run
 resumed from a checkpoint at step s continues exactly as the uninterrupted run would have.
 
+Before the first step, the run's precision on the CPU (``cpu_bf16``; :func:`_precision`): "auto"
+times the method's step in fp32 and in bf16 on copies of it, on the first batch, leaving the
+method and the RNG as they were; the choice is saved in every checkpoint and a resumed run keeps it.
+
 Each step, in this order (exact resume depends on it; ``tests/test_engine.py`` pins it):
 
 1. the learning rate and ``method.progress`` from (step, total), or from the agreed wall clock;
@@ -26,7 +30,9 @@ Each step, in this order (exact resume depends on it; ``tests/test_engine.py`` p
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import itertools
 import json
 import math
 import time
@@ -76,6 +82,8 @@ class RunResult:
     last_loss: float
     images_per_s: float
     history: list = field(default_factory=list)   # this process's metrics rows, as metrics.jsonl got them
+    bf16: bool = False                   # trained in bf16 autocast + channels_last on the CPU
+    precision_probe: dict | None = None  # cpu_bf16=auto's timing of the two precisions, when this run made one
 
 
 @dataclass
@@ -96,6 +104,7 @@ class LoopState:
     window_logs: dict = field(default_factory=dict)
     last_loss: float = float("nan")
     rate: float = 0.0
+    bf16: bool = False                    # this run's CPU precision: bf16 autocast + channels_last (fit decides once)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.t0
@@ -111,18 +120,25 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     rank, world = source.rank, source.world
     main = rank == 0
     augment.THREADS = cfg.augment_threads
-    method, model, compiled = _place(method, cfg, device, world)
+    t_start = time.time()   # the precision probe and the set-up count in the run's clock
+    start_step = int(resume_state["step"]) if resume_state is not None else 0
+    batches, bf16, probe = _precision(method, source, cfg, device, world, resume_state, start_step)
+    if probe is not None and main and not probe.get("cached"):
+        print(f"cpu_bf16=auto: a {cfg.method} step took {probe['bf16_ms']:.0f} ms in bf16 and {probe['fp32_ms']:.0f} ms "
+              f"in fp32 on this CPU: training in {'bf16' if bf16 else 'fp32'} (--set cpu_bf16=true|false to choose)",
+              flush=True)
+    method, model, compiled = _place(method, cfg, device, world, bf16)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.beta2)
     spe = source.steps_per_epoch
     total = cfg.steps or max(1, math.ceil(cfg.epochs * spe))
-    st = LoopState()
+    st = LoopState(bf16=bf16)
     if resume_state is not None:
         method.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         st.step, st.elapsed_before = int(resume_state["step"]), float(resume_state.get("elapsed_s", 0.0))
         st.skipped, st.last_good = int(resume_state.get("skipped_nonfinite", 0)), st.step
     saved = {"config": {**to_dict(cfg), "method_config": to_dict(method_cfg) if method_cfg is not None else {}},
-             **(extra_state or {})}
+             **(extra_state or {}), "cpu_bf16_chosen": bf16}
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
 
     def checkpoint():
@@ -133,11 +149,13 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
         st.last_ckpt_time = time.time()
 
     log = _Log(run_dir if main else None, cfg, st, total, progress if main else False, sinks if main else ())
-    st.t0 = st.last_ckpt_time = st.window_t = time.time()
+    st.t0, st.last_ckpt_time = t_start, time.time()
+    st.window_t = st.last_ckpt_time
     method.train()
     try:
         while st.step < total:
-            for batch in source.epoch(st.step // spe, st.step % spe):
+            epoch_batches, batches = batches or source.epoch(st.step // spe, st.step % spe), None
+            for batch in epoch_batches:
                 if compiled:   # the first step compiles: timed, and eager if it fails
                     finite = _first_compiled_step(compiled, method, model, optimizer, batch, cfg, st, total, spe,
                                                   device, rank, world, ckpt_path)
@@ -166,12 +184,13 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     if world > 1:
         _average_bn_stats(method)
     checkpoint()
-    return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate, log.rows)
+    return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate, log.rows, bf16, probe)
 
 
 @functools.cache
 def native_bf16() -> bool:
-    """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX), where bf16 autocast pays."""
+    """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX), without which bf16 autocast
+    cannot pay."""
     cpu = getattr(torch, "cpu", None)
     try:
         return bool(cpu._is_avx512_bf16_supported() or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
@@ -179,13 +198,78 @@ def native_bf16() -> bool:
         return False
 
 
-def cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether this run trains in bf16 with channels_last on the CPU: only on a CPU with native bf16,
-    unless ``cfg.cpu_bf16`` is "false". "auto" (the default) and "true" differ only in the notice a
-    CPU without native bf16 prints for "true". Every backbone: the small ViTs, slower in bf16 while
-    their attention ran torch's fused kernel, are about 2x faster since it runs the plain path on
-    the CPU (BENCHMARKS.md, vit-bf16)."""
-    return device.type == "cpu" and cfg.cpu_bf16 != "false" and native_bf16()
+PROBE_MARGIN = 0.9   # cpu_bf16=auto takes bf16 when its step takes at most this share of the fp32 step's time
+_PROBED: dict = {}   # this process's probes: (method class, parameter count, batch shape, threads) -> result
+
+
+def _pass_seconds(module: nn.Module, batch: dict, bf16: bool) -> float:
+    """Wall-clock seconds of one forward and backward of ``module`` on ``batch``, under bf16
+    autocast or in fp32 (the probe's measurement; tests replace it with fixed times)."""
+    t = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss, _ = module(batch)
+    loss.float().backward()
+    seconds = time.perf_counter() - t
+    module.zero_grad(set_to_none=True)
+    return seconds
+
+
+def probe_cpu_bf16(method: nn.Module, batch: dict, warmup: int = 2, repeats: int = 2) -> dict:
+    """Time ``method``'s own forward and backward on ``batch`` in fp32 and in bf16 autocast with
+    channels_last, each on a copy (the method, its buffers and the RNG stay as they were):
+    ``warmup`` untimed passes each (the first fp32 passes run up to 1.6x slower than later ones),
+    then ``repeats`` timed ones, the two precisions alternating; the fastest of each is kept.
+    Native bf16 dot products do not make every CPU faster in bf16: on a 2-core AMD EPYC the bf16
+    step ran 1.8-2x the fp32 one, on a 2-core Intel Xeon with AVX512_BF16 but no AMX 0.7-0.9x
+    (BENCHMARKS.md, cpu-bf16-probe). Returns {"bf16": whether bf16 took at most PROBE_MARGIN of the
+    fp32 time, "fp32_ms", "bf16_ms"}; a later probe of the same method, size, batch shape and
+    threads in this process reuses the result (with "cached": True)."""
+    images = batch["images"]
+    key = (type(method).__qualname__, sum(p.numel() for p in method.parameters()), tuple(images.shape),
+           images.dtype, torch.get_num_threads())
+    if key in _PROBED:
+        return {**_PROBED[key], "cached": True}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with torch.random.fork_rng(devices=[]):
+        copies = {False: copy.deepcopy(method).train(),
+                  True: copy.deepcopy(method).to(memory_format=torch.channels_last).train()}
+        for r in range(warmup + repeats):
+            for bf16 in (False, True):
+                torch.manual_seed(r)   # both precisions see the same views
+                seconds = _pass_seconds(copies[bf16], batch, bf16)
+                if r >= warmup:
+                    times[bf16].append(seconds)
+        del copies
+    fp32, bf16 = min(times[False]), min(times[True])
+    _PROBED[key] = {"bf16": bf16 <= PROBE_MARGIN * fp32, "fp32_ms": round(fp32 * 1e3, 1), "bf16_ms": round(bf16 * 1e3, 1)}
+    return dict(_PROBED[key])
+
+
+def _precision(method: nn.Module, source: BatchSource, cfg: TrainConfig, device: torch.device, world: int,
+               resume_state: dict | None, start_step: int):
+    """(the first epoch's batches when a probe read one, else None; whether this run trains in bf16
+    on the CPU; the probe's result or None). ``cpu_bf16``: "false", or a CPU without native bf16:
+    fp32. "true": bf16. "auto" (the default): a resumed run keeps the choice its checkpoint saved
+    (bf16, for a checkpoint from before the probe); a new run probes its own step on its first
+    batch (:func:`probe_cpu_bf16`), and several processes take bf16 only if every one found it faster."""
+    if device.type != "cpu" or cfg.cpu_bf16 == "false" or not native_bf16():
+        return None, False, None
+    if cfg.cpu_bf16 == "true":
+        return None, True, None
+    if resume_state is not None:
+        return None, bool(resume_state.get("cpu_bf16_chosen", True)), None
+    spe = source.steps_per_epoch
+    batches = iter(source.epoch(start_step // spe, start_step % spe))
+    first = next(batches, None)
+    if first is None:
+        return None, False, None
+    probe = probe_cpu_bf16(method, _split(first, cfg.accumulate)[0])
+    bf16 = probe["bf16"]
+    if world > 1:
+        vote = torch.tensor([float(bf16)])
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MIN)
+        bf16 = bool(vote.item())
+    return itertools.chain([first], batches), bf16, probe
 
 
 def compile_modules(method: nn.Module, backend="inductor") -> list[nn.Module]:
@@ -210,11 +294,11 @@ def uncompile(modules: list[nn.Module]) -> None:
 
 
 def _place(method: nn.Module, cfg: TrainConfig, device: torch.device,
-           world: int) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
+           world: int, bf16: bool) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
     """(method on ``device``, the module the step calls: the method or DDP around it, the modules
-    compiled with ``compile=true``)."""
+    compiled with ``compile=true``). ``bf16``: the run trains in bf16 on the CPU (channels_last)."""
     method.to(device)
-    if (device.type == "cuda" and cfg.channels_last) or cpu_bf16(cfg, device):
+    if (device.type == "cuda" and cfg.channels_last) or bf16:
         method.to(memory_format=torch.channels_last)
     compiled = compile_modules(method) if cfg.compile else []
     if world > 1 and cfg.sync_bn:
@@ -242,7 +326,7 @@ def _step(method, model, optimizer, batch: dict, cfg: TrainConfig, st: LoopState
     loss_sum, finite, logs = 0.0, True, {}
     micro = _split(batch, cfg.accumulate)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
-                else torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16(cfg, device)
+                else torch.autocast("cpu", dtype=torch.bfloat16) if st.bf16
                 else contextlib.nullcontext())
     for i, part in enumerate(micro):
         part = _to_device(part, device)
