@@ -282,7 +282,7 @@ def _timed(monkeypatch, fp32: float, bf16: float, calls: list):
 
 def test_auto_times_the_step_and_takes_bf16_only_where_it_is_faster(tmp_path, images, monkeypatch, capsys):
     """cpu_bf16=auto on a CPU with native bf16: the run times its own step in both precisions on its
-    first batch and trains in bf16 only when bf16 took at most 0.9 of the fp32 time. The probe
+    first batch and trains in bf16 only when bf16 took at most 0.75 of the fp32 time. The probe
     leaves no trace: a run that chose fp32 ends with the weights of a cpu_bf16=false run. The
     choice and the timings go into the checkpoint and provenance.json; a second run of the same
     step in the process reuses the probe. "true" and "false" do not probe."""
@@ -298,19 +298,19 @@ def test_auto_times_the_step_and_takes_bf16_only_where_it_is_faster(tmp_path, im
     run = dict(data=images, epochs=1, batch_size=16, progress=False, seed=5)
 
     calls = []
-    _timed(monkeypatch, fp32=0.8, bf16=1.0, calls=calls)   # bf16 slower: fp32
+    _timed(monkeypatch, fp32=0.8, bf16=0.64, calls=calls)   # bf16 faster, but not by the margin: fp32
     seen.clear()
     res = selfsup.train("simclr", out=tmp_path / "auto", **run)
     assert calls == [False, True] * 4 and not res.bf16 and seen.count(True) == 4   # 4 timed bf16 passes, then fp32
-    assert res.precision_probe == {"bf16": False, "fp32_ms": 800.0, "bf16_ms": 1000.0}
+    assert res.precision_probe == {"bf16": False, "fp32_ms": 800.0, "bf16_ms": 640.0}
     assert "training in fp32" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "auto")["cpu_bf16_chosen"] is False
     prov = json.loads((tmp_path / "auto" / "provenance.json").read_text())
-    assert prov["precision"] == "fp32" and prov["precision_probe"]["bf16_ms"] == 1000.0
+    assert prov["precision"] == "fp32" and prov["precision_probe"]["bf16_ms"] == 640.0
     fp32 = selfsup.train("simclr", out=tmp_path / "fp32", cpu_bf16=False, **run)
     assert _same(_weights(tmp_path / "auto"), _weights(tmp_path / "fp32")) and res.last_loss == fp32.last_loss
 
-    _timed(monkeypatch, fp32=1.0, bf16=0.89, calls=calls)   # bf16 faster by more than the margin: bf16
+    _timed(monkeypatch, fp32=1.0, bf16=0.74, calls=calls)   # bf16 faster by more than the margin: bf16
     calls.clear()
     seen.clear()
     res = selfsup.train("simclr", **run)

@@ -78,7 +78,8 @@ def machine() -> str:
     except OSError:
         pass
     # the vector instructions torch dispatches to, and native bf16: machines with the same model name
-    # here differ 2x in speed by these (an AVX2-only EPYC trains convolutions in fp32)
+    # here differ 2x in speed by these (an AVX2-only EPYC trains in fp32; where bf16 is native,
+    # cpu_bf16=auto still times both precisions and may keep fp32, as on an Intel Xeon without AMX)
     from ..engine.loop import native_bf16
     isa = torch.backends.cpu.get_cpu_capability() + (", native bf16" if native_bf16() else ", no native bf16")
     dev = f", CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""

@@ -198,7 +198,9 @@ def native_bf16() -> bool:
         return False
 
 
-PROBE_MARGIN = 0.9   # cpu_bf16=auto takes bf16 when its step takes at most this share of the fp32 step's time
+PROBE_MARGIN = 0.75  # cpu_bf16=auto takes bf16 when its step takes at most this share of the fp32 step's time:
+                     # where bf16 pays it pays about 2x (0.5), and single passes on a shared 2-core machine
+                     # vary by up to a third, so a near tie stays in fp32
 _PROBED: dict = {}   # this process's probes: (method class, parameter count, batch shape, threads) -> result
 
 
