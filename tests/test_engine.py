@@ -326,8 +326,8 @@ def test_auto_times_the_step_and_takes_bf16_only_where_it_is_faster(tmp_path, im
 
 
 def test_a_resumed_auto_run_keeps_the_precision_it_chose(tmp_path, images, monkeypatch):
-    """The choice is made once per run: a resumed run trains in the precision its checkpoint saved,
-    without probing again, whatever a probe would now say."""
+    """The choice is made once per run: a resumed "auto" run trains in the precision its checkpoint
+    saved, without probing again, whatever a probe would now say; "true" given on resume is bf16."""
     from selfsup.engine import loop
     monkeypatch.setattr(loop, "native_bf16", lambda: True)
     calls = []
@@ -344,6 +344,9 @@ def test_a_resumed_auto_run_keeps_the_precision_it_chose(tmp_path, images, monke
     calls.clear()
     res = selfsup.train(data=images, out=tmp_path / "run", resume=True, epochs=2, progress=False)
     assert res.steps == 8 and calls == [] and not res.bf16 and seen == [False] * 4
+    seen.clear()   # a setting given on resume is taken as given
+    res = selfsup.train(data=images, out=tmp_path / "run", resume=True, epochs=3, progress=False, cpu_bf16="true")
+    assert res.steps == 12 and calls == [] and res.bf16 and seen == [True] * 4
 
 
 @pytest.mark.parametrize("name", ["simclr", "moco", "dino", "mae", "clip", "supervised"])

@@ -121,8 +121,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     main = rank == 0
     augment.THREADS = cfg.augment_threads
     t_start = time.time()   # the precision probe and the set-up count in the run's clock
-    start_step = int(resume_state["step"]) if resume_state is not None else 0
-    batches, bf16, probe = _precision(method, source, cfg, device, world, resume_state, start_step)
+    batches, bf16, probe = _precision(method, source, cfg, device, world, resume_state)
     if probe is not None and main and not probe.get("cached"):
         print(f"cpu_bf16=auto: a {cfg.method} step took {probe['bf16_ms']:.0f} ms in bf16 and {probe['fp32_ms']:.0f} ms "
               f"in fp32 on this CPU: training in {'bf16' if bf16 else 'fp32'} (--set cpu_bf16=true|false to choose)",
@@ -222,8 +221,8 @@ def probe_cpu_bf16(method: nn.Module, batch: dict, warmup: int = 2, repeats: int
     ``warmup`` untimed passes each (the first fp32 passes run up to 1.6x slower than later ones),
     then ``repeats`` timed ones, the two precisions alternating; the fastest of each is kept.
     Native bf16 dot products do not make every CPU faster in bf16: on a 2-core AMD EPYC the bf16
-    step ran 1.8-2x the fp32 one, on a 2-core Intel Xeon with AVX512_BF16 but no AMX 0.7-0.9x
-    (BENCHMARKS.md, cpu-bf16-probe). Returns {"bf16": whether bf16 took at most PROBE_MARGIN of the
+    step ran about 2x the fp32 one; on a 2-core Intel Xeon with AVX512_BF16 but no AMX, no faster
+    for the ResNets and 0.66-0.81x for MAE (BENCHMARKS.md, cpu-bf16-probe). Returns {"bf16": whether bf16 took at most PROBE_MARGIN of the
     fp32 time, "fp32_ms", "bf16_ms"}; a later probe of the same method, size, batch shape and
     threads in this process reuses the result (with "cached": True)."""
     images = batch["images"]
@@ -248,30 +247,31 @@ def probe_cpu_bf16(method: nn.Module, batch: dict, warmup: int = 2, repeats: int
 
 
 def _precision(method: nn.Module, source: BatchSource, cfg: TrainConfig, device: torch.device, world: int,
-               resume_state: dict | None, start_step: int):
+               resume_state: dict | None):
     """(the first epoch's batches when a probe read one, else None; whether this run trains in bf16
     on the CPU; the probe's result or None). ``cpu_bf16``: "false", or a CPU without native bf16:
     fp32. "true": bf16. "auto" (the default): a resumed run keeps the choice its checkpoint saved
     (bf16, for a checkpoint from before the probe); a new run probes its own step on its first
-    batch (:func:`probe_cpu_bf16`), and several processes take bf16 only if every one found it faster."""
-    if device.type != "cpu" or cfg.cpu_bf16 == "false" or not native_bf16():
+    batch (:func:`probe_cpu_bf16`), and several processes take bf16 only if every one found it
+    faster (each votes, a process without native bf16 or without a batch for fp32, so none waits)."""
+    if device.type != "cpu" or cfg.cpu_bf16 == "false":
         return None, False, None
     if cfg.cpu_bf16 == "true":
-        return None, True, None
+        return None, native_bf16(), None
     if resume_state is not None:
-        return None, bool(resume_state.get("cpu_bf16_chosen", True)), None
-    spe = source.steps_per_epoch
-    batches = iter(source.epoch(start_step // spe, start_step % spe))
-    first = next(batches, None)
-    if first is None:
-        return None, False, None
-    probe = probe_cpu_bf16(method, _split(first, cfg.accumulate)[0])
-    bf16 = probe["bf16"]
+        return None, native_bf16() and bool(resume_state.get("cpu_bf16_chosen", True)), None
+    batches, probe = None, None
+    if native_bf16():
+        it = iter(source.epoch(0, 0))
+        first = next(it, None)
+        if first is not None:
+            batches, probe = itertools.chain([first], it), probe_cpu_bf16(method, _split(first, cfg.accumulate)[0])
+    bf16 = bool(probe and probe["bf16"])
     if world > 1:
         vote = torch.tensor([float(bf16)])
         torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MIN)
         bf16 = bool(vote.item())
-    return itertools.chain([first], batches), bf16, probe
+    return batches, bf16, probe
 
 
 def compile_modules(method: nn.Module, backend="inductor") -> list[nn.Module]:
