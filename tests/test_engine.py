@@ -280,13 +280,8 @@ def _timed(monkeypatch, fp32: float, bf16: float, calls: list):
     monkeypatch.setattr(loop, "_PROBED", {})
 
 
-def test_auto_times_the_step_and_takes_bf16_only_where_it_is_faster(tmp_path, images, monkeypatch, capsys):
-    """cpu_bf16=auto on a CPU with native bf16: the run times its own step in both precisions on its
-    first batch and trains in bf16 only when bf16 took at most 0.75 of the fp32 time. The probe
-    leaves no trace: a run that chose fp32 ends with the weights of a cpu_bf16=false run. The
-    choice and the timings go into the checkpoint and provenance.json; a second run of the same
-    step in the process reuses the probe. "true" and "false" do not probe."""
-    from selfsup.engine import loop
+def _autocast_seen(monkeypatch) -> list:
+    """A list that gets, for each SimCLR forward from now on, whether bf16 autocast was on."""
     seen = []
     forward = SimCLR.forward
 
@@ -294,6 +289,17 @@ def test_auto_times_the_step_and_takes_bf16_only_where_it_is_faster(tmp_path, im
         seen.append(torch.is_autocast_enabled("cpu"))
         return forward(self, batch)
     monkeypatch.setattr(SimCLR, "forward", spy)
+    return seen
+
+
+def test_auto_times_the_step_and_takes_bf16_only_where_it_is_faster(tmp_path, images, monkeypatch, capsys):
+    """cpu_bf16=auto on a CPU with native bf16: the run times its own step in both precisions on its
+    first batch and trains in bf16 only when bf16 took at most 0.75 of the fp32 time. The probe
+    leaves no trace: a run that chose fp32 ends with the weights of a cpu_bf16=false run. The
+    choice and the timings go into the checkpoint and provenance.json; a second run of the same
+    step in the process reuses the probe. "true" and "false" do not probe."""
+    from selfsup.engine import loop
+    seen = _autocast_seen(monkeypatch)
     monkeypatch.setattr(loop, "native_bf16", lambda: True)
     run = dict(data=images, epochs=1, batch_size=16, progress=False, seed=5)
 
@@ -333,13 +339,7 @@ def test_a_resumed_auto_run_keeps_the_precision_it_chose(tmp_path, images, monke
     calls = []
     _timed(monkeypatch, fp32=0.8, bf16=1.0, calls=calls)
     selfsup.train("simclr", data=images, out=tmp_path / "run", epochs=1, batch_size=16, progress=False)
-    seen = []
-    forward = SimCLR.forward
-
-    def spy(self, batch):
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return forward(self, batch)
-    monkeypatch.setattr(SimCLR, "forward", spy)
+    seen = _autocast_seen(monkeypatch)
     _timed(monkeypatch, fp32=1.0, bf16=0.5, calls=calls)
     calls.clear()
     res = selfsup.train(data=images, out=tmp_path / "run", resume=True, epochs=2, progress=False)
