@@ -222,9 +222,10 @@ def probe_cpu_bf16(method: nn.Module, batch: dict, warmup: int = 2, repeats: int
     then ``repeats`` timed ones, the two precisions alternating; the fastest of each is kept.
     Native bf16 dot products do not make every CPU faster in bf16: on a 2-core AMD EPYC the bf16
     step ran about 2x the fp32 one; on a 2-core Intel Xeon with AVX512_BF16 but no AMX, no faster
-    for the ResNets and 0.66-0.81x for MAE (BENCHMARKS.md, cpu-bf16-probe). Returns {"bf16": whether bf16 took at most PROBE_MARGIN of the
-    fp32 time, "fp32_ms", "bf16_ms"}; a later probe of the same method, size, batch shape and
-    threads in this process reuses the result (with "cached": True)."""
+    for the ResNets and 0.66-0.81x for MAE (BENCHMARKS.md, cpu-bf16-probe). Returns {"bf16":
+    whether bf16 took at most PROBE_MARGIN of the fp32 time, "fp32_ms", "bf16_ms"}; a later probe
+    of the same method, size, batch shape and threads in this process reuses the result (with
+    "cached": True)."""
     images = batch["images"]
     key = (type(method).__qualname__, sum(p.numel() for p in method.parameters()), tuple(images.shape),
            images.dtype, torch.get_num_threads())
@@ -242,7 +243,8 @@ def probe_cpu_bf16(method: nn.Module, batch: dict, warmup: int = 2, repeats: int
                     times[bf16].append(seconds)
         del copies
     fp32, bf16 = min(times[False]), min(times[True])
-    _PROBED[key] = {"bf16": bf16 <= PROBE_MARGIN * fp32, "fp32_ms": round(fp32 * 1e3, 1), "bf16_ms": round(bf16 * 1e3, 1)}
+    _PROBED[key] = {"bf16": bf16 <= PROBE_MARGIN * fp32,
+                    "fp32_ms": round(fp32 * 1e3, 1), "bf16_ms": round(bf16 * 1e3, 1)}
     return dict(_PROBED[key])
 
 
