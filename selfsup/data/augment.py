@@ -119,7 +119,10 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Te
     grid = torch.empty(B, size, size, 2, dtype=x.dtype, device=x.device)
     grid[..., 0] = gx[:, None, :]
     grid[..., 1] = gy[:, :, None]
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Every sample point lies within the image (clamped above), so padding only ever meets a
+    # neighbour with weight 0 (a point on the last pixel's centre): "zeros" gives the same views
+    # as "border" and skipped its clamping, about 8% of grid_sample's time on CPU.
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 # ---------------------------------------------------------------- colour (torchvision semantics)
@@ -257,6 +260,11 @@ def solarize(x: torch.Tensor, apply: torch.Tensor, threshold: float = 0.5) -> to
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], inplace: bool = False) -> torch.Tensor:
     """``(x - mean) / std`` per channel; ``mean``/``std`` of length C (or 1)."""
+    if len(set(mean)) == 1 and len(set(std)) == 1:
+        # one value for every channel (grey data, or 0.5 / 0.25 for all): scalar ops, without the
+        # small tensors a per-channel broadcast needs, which cost as much as a pass on 28x28 views
+        m, s = float(mean[0]), float(std[0])
+        return (x.sub_(m) if inplace else x - m).mul_(1.0 / s)
     m = torch.as_tensor(mean, dtype=x.dtype).to(x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype).to(x.device).view(1, -1, 1, 1)
     return (x.sub_(m) if inplace else x - m).div_(s)
