@@ -52,8 +52,10 @@ class TrainConfig:
                                             # native). auto: times the run's step in both on its first batch and takes bf16
                                             # only where it is faster (about 2x on an AMD EPYC, slower on an Intel Xeon
                                             # without AMX); the choice is saved and kept on resume
-    compile: bool = False                   # torch.compile (inductor) the method's modules; a notice and eager where it
-                                            # fails. Off by default: on the 2-core CPU 1.11-1.26x in fp32, nothing over eager bf16
+    compile: str = "auto"                   # auto | true | false: torch.compile (inductor) the method's modules; a notice
+                                            # and eager where it fails. auto: on a CPU training in fp32 (inductor gave
+                                            # 1.2-1.4x there, nothing over bf16), after timing 4 eager steps, when the rest
+                                            # of the run would take at least 5 minutes; never on CUDA (not measured yet)
     sync_bn: bool = False                   # SyncBatchNorm under torchrun
     subset: int = 0                         # train on the first N images of a seeded permutation; 0 = all
     checkpoint_every_steps: int = 0         # 0 = only per epoch / minutes
@@ -74,6 +76,7 @@ class TrainConfig:
         "min_lr_ratio": "[0, 1]", "grad_clip": ">= 0", "skip_nonfinite": ">= 0", "time_limit": ">= 0", "seed": ">= 0",
         "subset": ">= 0", "checkpoint_every_steps": ">= 0", "checkpoint_every_minutes": ">= 0", "log_every": ">= 1",
         "num_workers": ">= 0", "augment_threads": ">= 0", "monitor_every": ">= 0", "steps": ">= 0", "warmup_max": "[0, 1]", "cpu_bf16": ("auto", "true", "false"),
+        "compile": ("auto", "true", "false"),
     }
 
 

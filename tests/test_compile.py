@@ -1,6 +1,7 @@
 """--set compile=true: torch.compile gives the eager step's loss and gradients, and a compiler that
 fails leaves a one-line notice and an eager run, not a traceback."""
 import copy
+import json
 import math
 
 import pytest
@@ -77,3 +78,75 @@ def test_a_compiler_that_fails_leaves_a_notice_and_trains_eagerly(monkeypatch, c
     # and the eager run after the notice is the run without compile=true, step for step
     plain = selfsup.train("simclr", data=images, epochs=1, batch_size=16, progress=False)
     assert res.last_loss == pytest.approx(plain.last_loss, rel=1e-6)
+
+
+def _eager_backend(monkeypatch, calls: list):
+    """compile_modules through dynamo's "eager" backend (seconds, not inductor's minutes), recorded."""
+    compile_modules = loop.compile_modules
+
+    def spy(method):
+        calls.append(method)
+        return compile_modules(method, backend="eager")
+    monkeypatch.setattr(loop, "compile_modules", spy)
+
+
+def test_auto_compiles_an_fp32_cpu_run_only_when_enough_of_it_is_left(monkeypatch, capsys):
+    """compile=auto (the default) times steps 2-5, then compiles for the rest when that rest, at the
+    measured pace, is at least COMPILE_MIN_SECONDS; modules leave fit eager; the run's loss is the
+    eager run's (dynamo's eager backend runs the same ops); never in bf16, never with "false"."""
+    calls: list = []
+    _eager_backend(monkeypatch, calls)
+    images = tiny_images(64, 1, 16)
+    run = dict(data=images, steps=8, batch_size=16, progress=False, cpu_bf16="false")
+    try:
+        monkeypatch.setattr(loop, "COMPILE_MIN_SECONDS", 0.0)
+        res = selfsup.train("simclr", **run)
+        out = capsys.readouterr().out
+        assert len(calls) == 1 and res.steps == 8
+        assert res.compiled["compiled"] and res.compiled["setting"] == "auto" and res.compiled["at_step"] == 5
+        assert res.compiled["eager_step_s"] > 0 and res.compiled["reason"].startswith("at least")
+        assert out.count("compile=auto: ") == 1 and "from step 6" in out
+        assert all(m._compiled_call_impl is None for m in res.method.children())   # eager again after fit
+
+        monkeypatch.setattr(loop, "COMPILE_MIN_SECONDS", 1e9)   # the same run, too short to pay
+        calls.clear()
+        short = selfsup.train("simclr", **run)
+        assert calls == [] and not short.compiled["compiled"] and short.compiled["reason"].startswith("under")
+        assert "compile=auto" not in capsys.readouterr().out
+        assert res.last_loss == pytest.approx(short.last_loss, rel=1e-5)
+
+        monkeypatch.setattr(loop, "COMPILE_MIN_SECONDS", 0.0)
+        off = selfsup.train("simclr", **{**run, "compile": "false"})
+        assert calls == [] and off.compiled == {"setting": "false", "compiled": False}
+        if loop.native_bf16():
+            bf16 = selfsup.train("simclr", **{**run, "cpu_bf16": "true"})
+            assert calls == [] and bf16.bf16 and not bf16.compiled["compiled"] and "bf16" in bf16.compiled["reason"]
+    finally:
+        torch._dynamo.reset()
+
+
+def test_a_resumed_auto_run_keeps_its_compile_choice(tmp_path, monkeypatch):
+    """The choice is saved in the checkpoint: a resumed run compiles from its first step when the
+    first process chose to, without timing again, and stays eager when it chose not to."""
+    calls: list = []
+    _eager_backend(monkeypatch, calls)
+    images = tiny_images(64, 1, 16)
+    run = dict(data=images, batch_size=16, progress=False, cpu_bf16="false")
+    try:
+        monkeypatch.setattr(loop, "COMPILE_MIN_SECONDS", 0.0)
+        selfsup.train("simclr", out=tmp_path / "a", steps=6, **run)
+        assert len(calls) == 1
+        assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["compile_chosen"] is True
+        monkeypatch.setattr(loop, "COMPILE_MIN_SECONDS", 1e9)   # a new decision would now say no
+        res = selfsup.train(out=tmp_path / "a", resume=True, steps=8, **run)
+        assert len(calls) == 2 and res.compiled["compiled"] and res.compiled["reason"] == "kept from the checkpoint"
+        prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
+        assert prov["compile"]["compiled"] is True
+
+        calls.clear()
+        selfsup.train("simclr", out=tmp_path / "b", steps=6, **run)   # decided: no
+        monkeypatch.setattr(loop, "COMPILE_MIN_SECONDS", 0.0)           # a new decision would now say yes
+        res = selfsup.train(out=tmp_path / "b", resume=True, steps=12, **run)
+        assert calls == [] and not res.compiled["compiled"]
+    finally:
+        torch._dynamo.reset()

@@ -93,6 +93,13 @@ def read_run(run_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- sections
 
+def _compiled(info) -> str | None:
+    """The facts row for provenance.json's "compile": yes / no, with compile=auto's reason."""
+    if not isinstance(info, dict):
+        return None
+    return ("yes" if info.get("compiled") else "no") + (f" ({info['reason']})" if info.get("reason") else "")
+
+
 def summary_section(run_dir: Path, cfg: dict, metrics: list[dict], spec: str) -> str:
     prov = _read_json(run_dir / "provenance.json") if (run_dir / "provenance.json").is_file() else {}
     last = metrics[-1] if metrics else {}
@@ -101,7 +108,7 @@ def summary_section(run_dir: Path, cfg: dict, metrics: list[dict], spec: str) ->
              "steps": last.get("step"), "epochs": last.get("epoch"), "batch size": cfg.get("batch_size"),
              "peak lr": cfg.get("lr"), "last loss": last.get("loss"), "images/s": last.get("images_per_s"),
              "training time (s)": last.get("elapsed_s"), "device": prov.get("device"), "precision": prov.get("precision"),
-             "selfsup": prov.get("selfsup"), "git commit": prov.get("git_commit"), "torch": prov.get("torch"),
+             "torch.compile": _compiled(prov.get("compile")), "selfsup": prov.get("selfsup"), "git commit": prov.get("git_commit"), "torch": prov.get("torch"),
              "started": prov.get("time")}
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>" for k, v in facts.items() if v is not None)
     return (f"<table class=facts>{rows}</table>"

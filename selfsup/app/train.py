@@ -237,8 +237,9 @@ def train(method: str | None = None, data=None, out: str | Path | None = None, r
 
 
 def _record_precision(run_dir: Path, result: RunResult, device: torch.device, cfg) -> None:
-    """provenance.json gets the precision the run trained in, and cpu_bf16=auto's timings when it
-    probed them (a resumed run keeps its first process's record)."""
+    """provenance.json gets the precision the run trained in, cpu_bf16=auto's timings when it
+    probed them (a resumed run keeps its first process's record), and whether torch.compile ran
+    the modules (with compile=auto's reason)."""
     path = run_dir / "provenance.json"
     try:
         prov = json.loads(path.read_text())
@@ -250,6 +251,8 @@ def _record_precision(run_dir: Path, result: RunResult, device: torch.device, cf
         prov["precision"] = "bf16 autocast + channels_last" if result.bf16 else "fp32"
     if result.precision_probe is not None:
         prov["precision_probe"] = {k: v for k, v in result.precision_probe.items() if k != "cached"}
+    if result.compiled is not None:
+        prov["compile"] = result.compiled
     runs.write_json(path, prov)
 
 

@@ -47,6 +47,7 @@ from .. import distributed as dist
 from ..config import TrainConfig, to_dict
 from ..data import augment
 from ..errors import SelfSupError
+from ..models import family
 from ..runs.checkpoint import save_checkpoint
 from ..schedules import warmup_cosine
 from .batches import BatchSource
@@ -84,6 +85,7 @@ class RunResult:
     history: list = field(default_factory=list)   # this process's metrics rows, as metrics.jsonl got them
     bf16: bool = False                   # trained in bf16 autocast + channels_last on the CPU
     precision_probe: dict | None = None  # cpu_bf16=auto's timing of the two precisions, when this run made one
+    compiled: dict | None = None         # whether torch.compile ran this run's modules, and compile=auto's reason
 
 
 @dataclass
@@ -126,7 +128,11 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
         print(f"cpu_bf16=auto: a {cfg.method} step took {probe['bf16_ms']:.0f} ms in bf16 and {probe['fp32_ms']:.0f} ms "
               f"in fp32 on this CPU: training in {'bf16' if bf16 else 'fp32'} (--set cpu_bf16=true|false to choose)",
               flush=True)
-    method, model, compiled = _place(method, cfg, device, world, bf16)
+    chosen, why = _compile_chosen(cfg, method, device, bf16, resume_state)
+    method, model, compiled = _place(method, cfg, device, world, bf16, compile_now=bool(chosen))
+    auto = _AutoCompile(cfg, device, world) if chosen is None else None
+    compiled_all = list(compiled)   # back to eager when training ends (see below)
+    compile_info = {"setting": cfg.compile, **({"reason": why} if why else {})}
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.beta2)
     spe = source.steps_per_epoch
     total = cfg.steps or max(1, math.ceil(cfg.epochs * spe))
@@ -137,7 +143,7 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
         st.step, st.elapsed_before = int(resume_state["step"]), float(resume_state.get("elapsed_s", 0.0))
         st.skipped, st.last_good = int(resume_state.get("skipped_nonfinite", 0)), st.step
     saved = {"config": {**to_dict(cfg), "method_config": to_dict(method_cfg) if method_cfg is not None else {}},
-             **(extra_state or {}), "cpu_bf16_chosen": bf16}
+             **(extra_state or {}), "cpu_bf16_chosen": bf16, "compile_chosen": chosen}
     ckpt_path = run_dir / "checkpoint.pt" if run_dir else None
 
     def checkpoint():
@@ -162,6 +168,16 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
                 else:
                     finite = _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
                 st.step += 1
+                if auto is not None:
+                    pays = auto.after_step(st, total)
+                    if pays is not None:   # decided: compile from the next step on, or stay eager
+                        saved["compile_chosen"], compile_info = pays, {**compile_info, **auto.info}
+                        if pays:
+                            compiled = compile_modules(method)
+                            compiled_all += compiled
+                        if main and pays:
+                            print(auto.line(), flush=True)
+                        auto = None
                 log.step_done(finite, optimizer, source.global_batch, spe)
                 for hook in (hooks if main else ()):
                     extra = hook.after_step(method, st.step, spe, device, log.metrics)
@@ -183,7 +199,12 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
     if world > 1:
         _average_bn_stats(method)
     checkpoint()
-    return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate, log.rows, bf16, probe)
+    compile_info["compiled"] = any(m._compiled_call_impl is not None for m in compiled_all)
+    if compiled_all:
+        # the modules leave fit eager: what runs them next (pictures, probes, embedding) sees other
+        # shapes and modes, each of which would compile again (tens of seconds on a CPU)
+        uncompile(compiled_all)
+    return RunResult(run_dir, method, cfg, st.step, st.last_loss, st.rate, log.rows, bf16, probe, compile_info)
 
 
 @functools.cache
@@ -276,6 +297,69 @@ def _precision(method: nn.Module, source: BatchSource, cfg: TrainConfig, device:
     return batches, bf16, probe
 
 
+COMPILE_TIMED_STEPS = 4     # compile=auto times this many eager steps, after the first, before it decides
+COMPILE_MIN_SECONDS = 300   # and compiles when the rest of the run, at that pace, would take at least this long
+
+
+def _compile_chosen(cfg: TrainConfig, method: nn.Module, device: torch.device, bf16: bool,
+                    resume_state: dict | None) -> tuple[bool | None, str]:
+    """(whether the run compiles from its first step (True), never (False), or compile=auto decides
+    after a few steps (None); why, for compile=auto). "true" and "false" are taken as given; "auto"
+    compiles only where it was measured to pay: on the CPU, in fp32 (nothing over bf16), for the
+    methods and backbone families that declare it (``Method.compile_pays``; SimCLR, rotation and
+    DINO with a ResNet ran 1.1-1.4x end to end on the Intel Xeon, while MAE's ViT ran slower and
+    MoCo took 6 minutes to compile: BENCHMARKS.md, compile-auto); a resumed run keeps the choice its
+    checkpoint saved."""
+    if cfg.compile != "auto":
+        return cfg.compile == "true", ""
+    if device.type != "cpu":
+        return False, "not on CUDA (not measured there yet)"
+    if bf16:
+        return False, "the run trains in bf16, where compiling gave nothing"
+    fam = family(cfg.backbone)
+    if fam not in getattr(method, "compile_pays", ()):
+        return False, f"not measured to pay for {cfg.method} with a {fam} backbone"
+    if resume_state is not None and resume_state.get("compile_chosen") is not None:
+        return bool(resume_state["compile_chosen"]), "kept from the checkpoint"
+    return None, ""
+
+
+class _AutoCompile:
+    """compile=auto on a CPU in fp32: times steps 2 to ``1 + COMPILE_TIMED_STEPS`` of this process
+    (the first is slower), then compiles when the rest of the run at that pace would take at least
+    COMPILE_MIN_SECONDS (a cold compile took 25-45 s here, and the compiled steps run 1.2-1.4x
+    faster, so a run of 5 minutes gains back its compile). Every process decides on the same step
+    and takes the slowest process's pace."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, world: int):
+        self.cfg, self.device, self.world = cfg, device, world
+        self.done = 0
+        self.t = 0.0
+        self.info: dict = {}
+
+    def after_step(self, st: LoopState, total: int) -> bool | None:
+        self.done += 1
+        if self.done == 1:
+            self.t = time.time()
+            return None
+        if self.done < 1 + COMPILE_TIMED_STEPS:
+            return None
+        pace = _agree((time.time() - self.t) / COMPILE_TIMED_STEPS, self.world, self.device)
+        rest = (total - st.step) * pace
+        if self.cfg.time_limit:
+            rest = min(rest, self.cfg.time_limit * 60 - _agree(st.elapsed(), self.world, self.device))
+        pays = rest >= COMPILE_MIN_SECONDS
+        self.info = {"reason": f"{'at least' if pays else 'under'} {COMPILE_MIN_SECONDS} s of fp32 training left",
+                     "eager_step_s": round(pace, 3), "seconds_left": round(rest), "at_step": st.step}
+        return pays
+
+    def line(self) -> str:
+        i = self.info
+        return (f"compile=auto: {i['seconds_left'] / 60:.1f} min of fp32 training left at {i['eager_step_s'] * 1e3:.0f} ms "
+                f"a step: compiling the modules with torch.compile from step {i['at_step'] + 1} (its time counts in "
+                f"the run's; --set compile=false to skip)")
+
+
 def compile_modules(method: nn.Module, backend="inductor") -> list[nn.Module]:
     """``torch.compile`` (in place, so state_dict keys do not change) each direct child module of
     ``method`` that holds parameters: the backbone, heads, projectors, teachers. The method's own
@@ -297,14 +381,15 @@ def uncompile(modules: list[nn.Module]) -> None:
     torch._dynamo.reset()
 
 
-def _place(method: nn.Module, cfg: TrainConfig, device: torch.device,
-           world: int, bf16: bool) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
+def _place(method: nn.Module, cfg: TrainConfig, device: torch.device, world: int, bf16: bool,
+           compile_now: bool = False) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
     """(method on ``device``, the module the step calls: the method or DDP around it, the modules
-    compiled with ``compile=true``). ``bf16``: the run trains in bf16 on the CPU (channels_last)."""
+    compiled from the first step: ``compile_now``). ``bf16``: the run trains in bf16 on the CPU
+    (channels_last)."""
     method.to(device)
     if (device.type == "cuda" and cfg.channels_last) or bf16:
         method.to(memory_format=torch.channels_last)
-    compiled = compile_modules(method) if cfg.compile else []
+    compiled = compile_modules(method) if compile_now else []
     if world > 1 and cfg.sync_bn:
         if device.type != "cuda":
             raise SelfSupError("--set sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU)")
@@ -389,7 +474,7 @@ def _first_compiled_step(compiled, method, model, optimizer, batch, cfg, st, tot
             cause = getattr(cause, "inner_exception", None) or cause.__cause__             # the compiler's error
         why = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")[:200]
         if rank == 0:
-            print(f"notice: --set compile=true: torch.compile failed ({type(cause).__name__}: {why}); "
+            print(f"notice: --set compile={cfg.compile}: torch.compile failed ({type(cause).__name__}: {why}); "
                   "training eagerly", flush=True)
         return _step(method, model, optimizer, batch, cfg, st, total, spe, device, rank, world, ckpt_path)
     if rank == 0:

@@ -52,6 +52,9 @@ class Method(nn.Module):
     # settings, over train_defaults and Config's defaults, under the user's settings
     family_defaults: ClassVar[dict] = {}
     input_space: ClassVar[str] = "rgb"
+    # backbone families ("conv" | "vit") for which compile=auto may compile this method on a CPU in
+    # fp32: only where an end-to-end A/B showed it pays (BENCHMARKS.md, compile-auto); elsewhere eager
+    compile_pays: ClassVar[tuple[str, ...]] = ()
     prepare_samples: ClassVar[int] = 0   # how many training images ``prepare`` wants (0: it is not called)
     progress: float = 0.0
     view = None   # ViewConfig | None: the one augmentation recipe, where the method has one

@@ -155,6 +155,7 @@ def teacher_momentum(m0: float, progress: float) -> float:
 
 class DINO(Method):
     Config = Config
+    compile_pays = ("conv",)   # compile=auto: measured on a CPU in fp32 (BENCHMARKS.md, compile-auto)
     # For the conv backbones, lr 4e-3 and the student saved for evaluation: chosen on validation at the cpu
     # budget (BENCHMARKS.md, tune-dino-fashion-mnist: lr 1e-3 to 8e-3, teacher or student); at a few
     # epochs the EMA teacher, its momentum rising to 1, lags the student. The ViTs keep lr 1e-3 and the

@@ -137,6 +137,7 @@ def normalize_tiles(tiles: torch.Tensor, std_min: float = 0.05) -> torch.Tensor:
 
 class Jigsaw(Method):
     Config = Config
+    compile_pays = ("conv",)   # compile=auto: measured on a CPU in fp32 (BENCHMARKS.md, compile-auto)
     train_defaults = dict(optimizer="adamw", lr=2e-3, weight_decay=1e-4, batch_size=128, epochs=5, warmup_epochs=0.1)
 
     def __init__(self, backbone, cfg: Config, data: DataInfo):

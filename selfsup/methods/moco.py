@@ -300,6 +300,7 @@ class MoCoV3(_Momentum):
     """MoCo v3: a predictor on the query branch, in-batch negatives from every process, no queue."""
 
     Config = ConfigV3
+    compile_pays = ("conv",)   # compile=auto: measured on a CPU in fp32 (BENCHMARKS.md, compile-auto)
 
     def __init__(self, backbone, cfg: ConfigV3, data: DataInfo):
         super().__init__(backbone, cfg, data)

@@ -45,6 +45,7 @@ def rotate_all(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Rotation(Method):
     Config = Config
+    compile_pays = ("conv",)   # compile=auto: measured on a CPU in fp32 (BENCHMARKS.md, compile-auto)
     train_defaults = dict(optimizer="adamw", lr=4e-3, weight_decay=5e-4, batch_size=128, epochs=20, warmup_epochs=0.05)
 
     def __init__(self, backbone, cfg: Config, data: DataInfo):

@@ -42,6 +42,7 @@ class Config:
 
 class SimCLR(Method):
     Config = Config
+    compile_pays = ("conv",)   # compile=auto: measured on a CPU in fp32 (BENCHMARKS.md, compile-auto)
     # chosen on Fashion-MNIST's validation split at a 4-minute CPU budget (benchmarks/simclr_tuning.py)
     train_defaults = dict(optimizer="adamw", lr=8e-3, weight_decay=1e-4, batch_size=128, epochs=5, warmup_epochs=0.5)
 

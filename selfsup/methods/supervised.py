@@ -42,6 +42,7 @@ class Config:
 
 class Supervised(Method):
     Config = Config
+    compile_pays = ("conv",)   # compile=auto: measured on a CPU in fp32 (BENCHMARKS.md, compile-auto)
     uses_labels = True
     train_defaults = dict(optimizer="adamw", lr=2e-3, weight_decay=0.05, batch_size=128, epochs=20, warmup_epochs=1.0)
 
