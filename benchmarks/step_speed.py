@@ -12,7 +12,13 @@ that lightly and solo-learn use, for each method's own recipe, backbone and batc
   channels_last (losses in fp32), for every backbone.
 - **selfsup, default**: ``selfsup.train`` with no options: on a CPU with native bf16,
   ``cpu_bf16=auto`` times the method's step in both precisions on its first batch and takes bf16
-  only where it is faster (the table says which it took); elsewhere the same as fp32.
+  only where it is faster (the table says which it took); elsewhere the same as fp32. These runs
+  are too short for ``compile=auto``, which compiles only when 5 minutes or more are left.
+- **selfsup, compiled** (for the methods ``compile=auto`` compiles, where the default trains in
+  fp32): ``compile=true``, ``cpu_bf16=false``, timed after the compiling step (given up to
+  ``COMPILE_ALLOWANCE`` seconds on top): what a default run of 5 minutes or more trains at once
+  compiled. The last ratio is the long default run's: this figure where it applies, else the
+  default's.
 
 On the CPU, ViT attention runs timm's plain matmul-softmax path on both sides (the model is the
 same module; in fp32 it runs as fast as torch's fused kernel there: BENCHMARKS.md, vit-bf16).
@@ -51,6 +57,7 @@ from selfsup.engine.loop import native_bf16  # noqa: E402
 
 WORKERS = 2
 TARGET = 2.0   # issue 16: selfsup's default end to end >= 2x the per-image pipeline
+COMPILE_ALLOWANCE = 90.0   # seconds added to the compiled arm's time limit for its (cold) compile
 
 
 def has_views(method) -> bool:
@@ -120,11 +127,22 @@ def _timed_steps(method, cfg, loader, current: list, images, seconds: float, war
     return timed * cfg.batch_size / (time.perf_counter() - t0), cfg.backbone, cfg.batch_size
 
 
-def ours(name: str, images, seconds: float, bf16: bool | None, log_every: int = 5) -> tuple[float, bool]:
+def compiled_by_auto(name: str, images) -> bool:
+    """Whether compile=auto compiles ``name`` with its default backbone (a long enough fp32 CPU run)."""
+    from selfsup.models import family
+    cfg, mcfg = resolve_config(name, {})
+    return family(cfg.backbone) in type(build_method(cfg, mcfg, data_info(images))).compile_pays
+
+
+def ours(name: str, images, seconds: float, bf16: bool | None, log_every: int = 5,
+         compile: bool = False) -> tuple[float, bool]:
     """(images/s of ``selfsup.train``: its own metrics rows after the first, whether it trained in
-    bf16); ``bf16`` None = the default."""
+    bf16); ``bf16`` None = the default; ``compile``: compile=true, timed after the compiling step."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = {} if bf16 is None else {"cpu_bf16": bf16}
+        if compile:
+            extra["compile"] = True
+            seconds += COMPILE_ALLOWANCE
         res = selfsup.train(name, data=images, out=Path(tmp) / "run", time_limit=seconds / 60, epochs=1000,
                             log_every=log_every, progress=False, logger="none", checkpoint_every_minutes=0, seed=0,
                             **extra)
@@ -143,8 +161,12 @@ def main():
     args = ap.parse_args()
     data = SMOKE_DATA if args.smoke else "fashion-mnist"
     if args.smoke:
+        global COMPILE_ALLOWANCE
         smoke_dir(args.out)
-        args.seconds = 0.3
+        args.seconds, COMPILE_ALLOWANCE = 0.3, 1.0
+        from selfsup.engine import loop   # the compiled arm through dynamo's "eager" backend: seconds, no C++
+        compile_modules = loop.compile_modules
+        loop.compile_modules = lambda method: compile_modules(method, backend="eager")
     images = load_dataset(data).train
     if args.smoke:
         images = images.subset(torch.arange(min(len(images), 256)))
@@ -157,21 +179,29 @@ def main():
         fp32, _ = ours(name, images, args.seconds, bf16=False, log_every=every)
         bf16 = ours(name, images, args.seconds, bf16=True, log_every=every)[0] if native else None
         default, chose_bf16 = ours(name, images, args.seconds, bf16=None, log_every=every)
-        rows.append((name, backbone, batch, tv, fp32, bf16, default, chose_bf16))
+        comp = None
+        if not chose_bf16 and compiled_by_auto(name, images):
+            comp = ours(name, images, args.seconds, bf16=False, log_every=every, compile=True)[0]
+        rows.append((name, backbone, batch, tv, fp32, bf16, default, chose_bf16, comp))
         print(f"{name}: per-image {tv:.0f}, selfsup fp32 {fp32:.0f}, "
               f"{f'bf16 {bf16:.0f}, ' if bf16 is not None else ''}default {default:.0f} images/s "
-              f"({'bf16' if chose_bf16 else 'fp32'}; {default / tv:.2f}x)", flush=True)
+              f"({'bf16' if chose_bf16 else 'fp32'}; {default / tv:.2f}x)"
+              f"{f', compiled {comp:.0f} ({comp / tv:.2f}x)' if comp is not None else ''}", flush=True)
     load_after = os.getloadavg()
     lines = ["| method | backbone | batch | per-image pipeline, fp32 (images/s) | selfsup, fp32 | "
              + ("selfsup, bf16 + channels_last (cpu_bf16=true) | " if native else "")
              + "selfsup, default | the default's precision | default / per-image | target >= "
+             f"{TARGET:g}x | selfsup, fp32 compiled (a default run of 5+ min) | long default run / per-image | target >= "
              f"{TARGET:g}x |",
-             "|---|---|---:|---:|---:|" + ("---:|" if native else "") + "---:|---|---:|---|"]
-    for name, backbone, batch, tv, fp32, bf16, default, chose_bf16 in rows:
+             "|---|---|---:|---:|---:|" + ("---:|" if native else "") + "---:|---|---:|---|---:|---:|---|"]
+    for name, backbone, batch, tv, fp32, bf16, default, chose_bf16, comp in rows:
+        long = comp if comp is not None else default
         lines.append(f"| {name} | {backbone} | {batch} | {tv:.0f} | {fp32:.0f} | "
                      + (f"{bf16:.0f} | " if native else "")
                      + f"{default:.0f} | {'bf16 (probed)' if chose_bf16 else ('fp32 (probed)' if native else 'fp32')} | "
-                     f"{default / tv:.2f}x | {'met' if default / tv >= TARGET else 'missed'} |")
+                     f"{default / tv:.2f}x | {'met' if default / tv >= TARGET else 'missed'} | "
+                     f"{f'{comp:.0f}' if comp is not None else '— (not compiled)'} | {long / tv:.2f}x | "
+                     f"{'met' if long / tv >= TARGET else 'missed'} |")
     notes = (f"\n{data}, {os.cpu_count()} cores, {WORKERS} DataLoader workers for the per-image pipeline, each figure "
              f"timed for about {args.seconds:g} s after a warm-up; images/s counts source images. Load average "
              f"(1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load_before)} before and "
