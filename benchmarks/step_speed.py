@@ -127,11 +127,11 @@ def _timed_steps(method, cfg, loader, current: list, images, seconds: float, war
     return timed * cfg.batch_size / (time.perf_counter() - t0), cfg.backbone, cfg.batch_size
 
 
-def compiled_by_auto(name: str, images) -> bool:
+def compiled_by_auto(name: str) -> bool:
     """Whether compile=auto compiles ``name`` with its default backbone (a long enough fp32 CPU run)."""
+    from selfsup.methods import get_method
     from selfsup.models import family
-    cfg, mcfg = resolve_config(name, {})
-    return family(cfg.backbone) in type(build_method(cfg, mcfg, data_info(images))).compile_pays
+    return family(resolve_config(name, {})[0].backbone) in get_method(name).compile_pays
 
 
 def ours(name: str, images, seconds: float, bf16: bool | None, log_every: int = 5,
@@ -180,7 +180,7 @@ def main():
         bf16 = ours(name, images, args.seconds, bf16=True, log_every=every)[0] if native else None
         default, chose_bf16 = ours(name, images, args.seconds, bf16=None, log_every=every)
         comp = None
-        if not chose_bf16 and compiled_by_auto(name, images):
+        if not chose_bf16 and compiled_by_auto(name):
             comp = ours(name, images, args.seconds, bf16=False, log_every=every, compile=True)[0]
         rows.append((name, backbone, batch, tv, fp32, bf16, default, chose_bf16, comp))
         print(f"{name}: per-image {tv:.0f}, selfsup fp32 {fp32:.0f}, "

@@ -175,8 +175,8 @@ def fit(method: nn.Module, source: BatchSource, cfg: TrainConfig, run_dir: Path 
                         if pays:
                             compiled = compile_modules(method)
                             compiled_all += compiled
-                        if main and pays:
-                            print(auto.line(), flush=True)
+                            if main:
+                                print(auto.line(), flush=True)
                         auto = None
                 log.step_done(finite, optimizer, source.global_batch, spe)
                 for hook in (hooks if main else ()):
